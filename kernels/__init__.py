@@ -1,0 +1,1 @@
+"""Deformable convolution (sampling + GEMM) kernels: XLA, Pallas GPU, Pallas TPU."""

@@ -1,0 +1,1 @@
+"""Converters from torchvision / detectron2 Mask R-CNN checkpoints to maskprop_jax parameters."""

@@ -1,0 +1,1 @@
+"""YouTube-VIS-format data: reading, validation, synthetic videos, TFDS records and the clip pipeline."""

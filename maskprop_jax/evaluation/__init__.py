@@ -1,0 +1,1 @@
+"""YouTube-VIS video AP evaluation and results files."""

@@ -1,0 +1,1 @@
+"""Mask R-CNN detector and MaskProp propagation branch as Flax NNX modules."""
