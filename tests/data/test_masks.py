@@ -1,0 +1,94 @@
+"""Tests for maskprop_jax/data/masks.py: every segmentation form normalizes to the same compressed RLE."""
+
+import numpy as np
+import pytest
+
+from maskprop_jax.data import masks
+from maskprop_jax.errors import InputError
+
+H, W = 12, 16
+
+
+def _rectangle_mask() -> np.ndarray:
+  mask = np.zeros((H, W), np.uint8)
+  mask[3:9, 4:12] = 1  # rows 3..8, columns 4..11
+  return mask
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict:
+  flat = mask.flatten(order="F")  # COCO runs go down columns
+  changes = np.flatnonzero(np.diff(flat)) + 1
+  bounds = np.concatenate([[0], changes, [flat.size]])
+  runs = np.diff(bounds).tolist()
+  if flat[0] == 1:
+    runs = [0] + runs
+  return {"size": [H, W], "counts": runs}
+
+
+def test_all_forms_decode_to_the_same_mask():
+  mask = _rectangle_mask()
+  compressed = masks.encode(mask)
+  assert isinstance(compressed["counts"], str) and compressed["size"] == [H, W]
+  # A polygon traced around the pixel edges of the rectangle rasterizes to exactly the rectangle.
+  polygon = [[4.0, 3.0, 12.0, 3.0, 12.0, 9.0, 4.0, 9.0]]
+  forms = {
+      "compressed str": compressed,
+      "compressed bytes": {"size": [H, W], "counts": compressed["counts"].encode()},
+      "uncompressed": _uncompressed_rle(mask),
+      "polygon": polygon,
+  }
+  for name, segmentation in forms.items():
+    rle = masks.to_compressed_rle(segmentation, H, W)
+    assert isinstance(rle["counts"], str), name
+    np.testing.assert_array_equal(masks.decode(rle), mask, err_msg=name)
+
+
+def test_uncompressed_rle_starting_inside_the_mask():
+  mask = np.zeros((H, W), np.uint8)
+  mask[:2, 0] = 1  # the first pixel is foreground, so the runs start with a zero-length background run
+  rle = masks.to_compressed_rle(_uncompressed_rle(mask), H, W)
+  np.testing.assert_array_equal(masks.decode(rle), mask)
+
+
+def test_several_polygons_merge_into_one_mask():
+  polygons = [[0.0, 0.0, 4.0, 0.0, 4.0, 4.0, 0.0, 4.0], [8.0, 8.0, 12.0, 8.0, 12.0, 12.0, 8.0, 12.0]]
+  decoded = masks.decode(masks.to_compressed_rle(polygons, H, W))
+  assert decoded[:4, :4].all() and decoded[8:12, 8:12].all()
+  assert decoded.sum() == 32
+
+
+def test_null_and_empty_polygon_list_mean_absent():
+  assert masks.to_compressed_rle(None, H, W) is None
+  assert masks.to_compressed_rle([], H, W) is None
+
+
+def test_bbox_and_area_of_a_mask():
+  rle = masks.encode(_rectangle_mask())
+  assert masks.bbox(rle) == [4.0, 3.0, 8.0, 6.0]
+  assert masks.area(rle) == 48
+
+
+def test_run_lengths_match_the_mask():
+  rng = np.random.default_rng(0)
+  for density in (0.0, 0.1, 0.5, 0.95, 1.0):
+    mask = (rng.random((H, W)) < density).astype(np.uint8)
+    runs = masks.run_lengths(masks.encode(mask)["counts"])
+    rebuilt = np.repeat(np.arange(runs.size) % 2, runs).reshape(W, H).T
+    np.testing.assert_array_equal(rebuilt, mask)
+
+
+@pytest.mark.parametrize("segmentation, message", [
+    ({"size": [H, W + 1], "counts": "PP1"}, "differs from the video's"),
+    ({"size": [H], "counts": "0"}, "must be [height, width]"),
+    ({"size": [H, W], "counts": "0"}, "do not cover"),
+    ({"size": [H, W], "counts": "\x01\x02"}, "not a valid RLE"),
+    ({"size": [H, W], "counts": [5, 7]}, "summing to"),
+    ({"size": [H, W], "counts": 3}, "must be a str"),
+    ({"counts": "0"}, "must be an RLE dict"),
+    ([[1.0, 2.0, 3.0, 4.0]], "at least 3"),
+    ([[1.0, 2.0, 3.0, 4.0, 5.0]], "at least 3"),
+    ("abc", "must be an RLE dict"),
+])
+def test_malformed_segmentations_raise(segmentation, message):
+  with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    masks.to_compressed_rle(segmentation, H, W)
