@@ -1,0 +1,276 @@
+"""Linking clip-level tracks into video-level tracks (MaskProp, Sec. 3.3), in NumPy.
+
+Clips centred at every s-th frame of a video overlap. Clip tracks arrive in temporal order; each is compared with
+the video tracks that have masks on the frames of its clip window, by the mean per-frame soft IoU over the frames
+the two share (a frame where neither has the instance is no evidence and is left out). A Hungarian assignment over those scores, kept where a score reaches `match_threshold`, extends
+video tracks; a clip track left unmatched starts a new one.
+
+A video track's mask on a frame is the mean of the soft masks its clip tracks put on that frame. Clips arrive in
+order, so once a clip starting at frame f has been added, no later clip can touch a frame before f: those frames
+are finished there and then (upsampled to the video's size, thresholded, encoded to RLE) and their soft masks are
+dropped, so memory is bounded by the clip window and the number of live tracks, not by the video's length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from scipy import optimize
+
+# A frame where two soft masks have less than this much union carries no evidence either way.
+_EMPTY_UNION = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipTrack:
+  """One instance detected on a clip's center frame and propagated over the clip's window.
+
+  Attributes:
+    start: index in the video of the first frame of `masks`.
+    masks: float32 [L, h, w] soft masks (probabilities) on frames start .. start + L - 1.
+    class_probs: float32 [C] class probabilities over the C foreground categories (contiguous labels 1..C map
+      to indices 0..C-1).
+  """
+
+  start: int
+  masks: np.ndarray
+  class_probs: np.ndarray
+
+  @property
+  def stop(self) -> int:
+    return self.start + self.masks.shape[0]
+
+
+@dataclasses.dataclass
+class VideoTrack:
+  """A linked track over a whole video; what the results file holds for one prediction."""
+
+  id: int
+  label: int  # contiguous class 1..C
+  score: float
+  segmentations: list[dict | None]  # compressed RLE (str counts) per video frame, None where there is no mask
+  num_clips: int
+
+
+def interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """[size_out, size_in] weights of 1-D linear interpolation with half-pixel centres, edges clamped.
+
+  `ry @ mask @ rx.T` resizes a [h, w] mask bilinearly as align_corners=False does.
+  """
+  centres = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
+  centres = np.clip(centres, 0.0, size_in - 1)
+  low = np.floor(centres).astype(np.int64)
+  high = np.minimum(low + 1, size_in - 1)
+  frac = (centres - low).astype(np.float32)
+  weights = np.zeros((size_out, size_in), np.float32)
+  rows = np.arange(size_out)
+  np.add.at(weights, (rows, low), 1.0 - frac)
+  np.add.at(weights, (rows, high), frac)
+  return weights
+
+
+class _Binarizer:
+  """Upsamples a soft mask to the video's size and thresholds it, computing only where the result can be 1.
+
+  A bilinear output is a convex combination of input pixels, so it can reach the threshold only where one of the
+  input pixels it draws on does: outside the rows and columns that draw on the input's above-threshold box, the
+  result is 0 without computing it. Objects are small next to a frame, so this is most of the work saved.
+  """
+
+  def __init__(self, mask_hw: tuple[int, int], video_hw: tuple[int, int], threshold: float):
+    self.video_hw = video_hw
+    self.threshold = threshold
+    self.ry = interpolation_matrix(mask_hw[0], video_hw[0])  # [H, h]
+    self.rx = interpolation_matrix(mask_hw[1], video_hw[1])  # [W, w]
+
+  def __call__(self, soft: np.ndarray) -> np.ndarray | None:
+    """soft: [h, w] -> uint8 [H, W] in Fortran order (as RLE encoding wants it), or None if nothing is set."""
+    rows_in, cols_in = np.nonzero(soft >= self.threshold)
+    if rows_in.size == 0:
+      return None
+    r0, r1 = _span(self.ry[:, rows_in.min():rows_in.max() + 1])
+    c0, c1 = _span(self.rx[:, cols_in.min():cols_in.max() + 1])
+    # Those output rows and columns draw on input rows sr0:sr1 and columns sc0:sc1 only.
+    sr0, sr1 = _span(self.ry[r0:r1].T)
+    sc0, sc1 = _span(self.rx[c0:c1].T)
+    patch = self.ry[r0:r1, sr0:sr1] @ soft[sr0:sr1, sc0:sc1] @ self.rx[c0:c1, sc0:sc1].T
+    binary = np.zeros(self.video_hw, np.uint8, order="F")
+    binary[r0:r1, c0:c1] = patch >= self.threshold
+    return binary
+
+
+def _span(weights: np.ndarray) -> tuple[int, int]:
+  """First and one-past-last row of a [rows, cols] weight matrix with any non-zero weight."""
+  rows = np.flatnonzero(weights.any(1))
+  return int(rows[0]), int(rows[-1]) + 1
+
+
+class _LiveTrack:
+  """A video track still being extended: per-frame sums of soft masks on the frames not yet finished."""
+
+  def __init__(self, track_id: int, num_frames: int, num_classes: int):
+    self.id = track_id
+    self.mask_sum: dict[int, np.ndarray] = {}  # frame -> float32 [h * w]
+    self.mask_count: dict[int, int] = {}
+    self.class_prob_sum = np.zeros([num_classes], np.float64)
+    self.num_clips = 0
+    self.segmentations: list[dict | None] = [None] * num_frames
+
+  def add(self, clip: ClipTrack, flat_masks: np.ndarray) -> None:
+    for offset, frame in enumerate(range(clip.start, clip.stop)):
+      if frame in self.mask_sum:
+        self.mask_sum[frame] += flat_masks[offset]
+        self.mask_count[frame] += 1
+      else:
+        self.mask_sum[frame] = flat_masks[offset].copy()
+        self.mask_count[frame] = 1
+    self.class_prob_sum += clip.class_probs
+    self.num_clips += 1
+
+  def mean_masks(self, start: int, stop: int, num_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean soft masks [stop - start, P] on a window and whether the track covers each frame [stop - start]."""
+    means = np.zeros([stop - start, num_pixels], np.float32)
+    covered = np.zeros([stop - start], bool)
+    for frame, total in self.mask_sum.items():
+      if start <= frame < stop:
+        means[frame - start] = total / self.mask_count[frame]
+        covered[frame - start] = True
+    return means, covered
+
+
+class TrackLinker:
+  """Streams clip tracks of one video, in temporal order, into video-level tracks.
+
+  Usage: `add_clip(...)` for every clip, in order of clip start, then `finish()`.
+  """
+
+  def __init__(
+      self,
+      num_frames: int,
+      mask_hw: tuple[int, int],
+      video_hw: tuple[int, int],
+      num_classes: int,
+      *,
+      match_threshold: float = 0.3,
+      mask_threshold: float = 0.5,
+  ):
+    if num_frames <= 0:
+      raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
+    self.num_frames = num_frames
+    self.mask_hw = tuple(mask_hw)
+    self.video_hw = tuple(video_hw)
+    self.num_classes = num_classes
+    self.match_threshold = match_threshold
+    self.mask_threshold = mask_threshold
+    self._binarize = _Binarizer(self.mask_hw, self.video_hw, mask_threshold)
+    self._live: list[_LiveTrack] = []
+    self._finished_before = 0  # frames < this are encoded and dropped from every live track
+    self._last_start = 0
+
+  def add_clip(self, clip_tracks: list[ClipTrack]) -> list[int]:
+    """Links the tracks of one clip; returns the video track id each clip track joined or started."""
+    if not clip_tracks:
+      return []
+    start, stop = clip_tracks[0].start, clip_tracks[0].stop
+    for track in clip_tracks:
+      self._check(track, start, stop)
+    if start < self._last_start:
+      raise ValueError(f"clips must arrive in temporal order: a clip starting at frame {start} came after one "
+                       f"starting at frame {self._last_start}")
+    self._last_start = start
+    # No later clip can start before `start`, so frames before it are final.
+    self._finish_frames_before(start)
+
+    num_pixels = self.mask_hw[0] * self.mask_hw[1]
+    clip_masks = np.stack([t.masks.reshape(stop - start, num_pixels) for t in clip_tracks])  # [K, L, P]
+    clip_masks = clip_masks.astype(np.float32, copy=False)
+    scores = self._match_scores(clip_masks, start, stop)  # [K, V]
+
+    joined = [-1] * len(clip_tracks)
+    if scores.size:
+      rows, cols = optimize.linear_sum_assignment(scores, maximize=True)
+      for k, v in zip(rows, cols):
+        if scores[k, v] >= self.match_threshold:
+          self._live[v].add(clip_tracks[k], clip_masks[k])
+          joined[k] = self._live[v].id
+    for k, track in enumerate(clip_tracks):
+      if joined[k] < 0:
+        live = _LiveTrack(len(self._live), self.num_frames, self.num_classes)
+        live.add(track, clip_masks[k])
+        self._live.append(live)
+        joined[k] = live.id
+    return joined
+
+  def finish(self) -> list[VideoTrack]:
+    """Finishes every remaining frame and returns the video tracks, by id."""
+    self._finish_frames_before(self.num_frames)
+    tracks = []
+    for live in self._live:
+      class_probs = live.class_prob_sum / max(live.num_clips, 1)
+      label_index = int(np.argmax(class_probs))
+      tracks.append(VideoTrack(id=live.id, label=label_index + 1, score=float(class_probs[label_index]),
+                               segmentations=live.segmentations, num_clips=live.num_clips))
+    return tracks
+
+  def _check(self, track: ClipTrack, start: int, stop: int) -> None:
+    if track.masks.ndim != 3 or tuple(track.masks.shape[1:]) != self.mask_hw:
+      raise ValueError(f"clip track masks must be [L, {self.mask_hw[0]}, {self.mask_hw[1]}], "
+                       f"got {track.masks.shape}")
+    if (track.start, track.stop) != (start, stop):
+      raise ValueError(f"the tracks of one clip must share its window: frames {start}..{stop - 1} vs "
+                       f"{track.start}..{track.stop - 1}")
+    if track.start < 0 or track.stop > self.num_frames:
+      raise ValueError(f"clip window {track.start}..{track.stop - 1} leaves the video's frames "
+                       f"0..{self.num_frames - 1}")
+    if track.class_probs.shape != (self.num_classes,):
+      raise ValueError(f"class_probs must be [{self.num_classes}], got {track.class_probs.shape}")
+
+  def _match_scores(self, clip_masks: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Mean per-frame soft IoU [K, V] of clip tracks and live video tracks over the frames they share."""
+    num_clip_tracks, length, num_pixels = clip_masks.shape
+    scores = np.zeros([num_clip_tracks, len(self._live)], np.float32)
+    candidates = [v for v, live in enumerate(self._live)
+                  if any(start <= frame < stop for frame in live.mask_sum)]
+    if not candidates:
+      return scores
+    windows = [self._live[v].mean_masks(start, stop, num_pixels) for v in candidates]
+    video_masks = np.stack([w[0] for w in windows])  # [V', L, P]
+    covered = np.stack([w[1] for w in windows])  # [V', L]
+    # Intersections frame by frame as one batched matrix product: [L, K, P] @ [L, P, V'] -> [L, K, V'].
+    inter = np.matmul(clip_masks.transpose(1, 0, 2), video_masks.transpose(1, 2, 0))
+    inter = inter.transpose(1, 2, 0)  # [K, V', L]
+    union = clip_masks.sum(-1)[:, None, :] + video_masks.sum(-1)[None, :, :] - inter  # [K, V', L]
+    # A frame where both tracks say "absent" (no pixel reaches the mask threshold) is no evidence either way:
+    # counting it would make every pair of tracks agree across an occlusion.
+    clip_present = clip_masks.max(-1) >= self.mask_threshold  # [K, L]
+    video_present = video_masks.max(-1) >= self.mask_threshold  # [V', L]
+    counts = covered[None] & (clip_present[:, None] | video_present[None]) & (union > _EMPTY_UNION)
+    per_frame = np.where(counts, inter / np.maximum(union, _EMPTY_UNION), 0.0)
+    mean = per_frame.sum(-1) / np.maximum(counts.sum(-1), 1)
+    scores[:, candidates] = mean
+    return scores
+
+  def _finish_frames_before(self, frame_limit: int) -> None:
+    for frame in range(self._finished_before, frame_limit):
+      for live in self._live:
+        total = live.mask_sum.pop(frame, None)
+        if total is None:
+          continue
+        binary = self._binarize(total.reshape(self.mask_hw) / live.mask_count.pop(frame))
+        if binary is not None and binary.any():
+          rle = mask_utils.encode(binary)
+          rle["counts"] = rle["counts"].decode("ascii")
+          live.segmentations[frame] = rle
+    self._finished_before = max(self._finished_before, frame_limit)
+
+
+def link_clip_tracks(clips: list[list[ClipTrack]], num_frames: int, video_hw: tuple[int, int],
+                     num_classes: int, **kwargs) -> list[VideoTrack]:
+  """Links the clip tracks of a whole video at once (clips in temporal order; see TrackLinker)."""
+  mask_hw = next((tuple(c[0].masks.shape[1:]) for c in clips if c), tuple(video_hw))
+  linker = TrackLinker(num_frames, mask_hw, video_hw, num_classes, **kwargs)
+  for clip in clips:
+    linker.add_clip(clip)
+  return linker.finish()

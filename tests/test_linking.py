@@ -1,0 +1,160 @@
+"""Linking hand-made clip tracks: one object, crossing objects, an occlusion gap, late entry, leaving."""
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from maskprop_jax import linking
+
+H, W = 24, 40
+T = 3  # clip window 2T+1 = 7 frames
+
+
+def disc(cy, cx, r=4.0):
+  yy, xx = np.mgrid[:H, :W]
+  return (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).astype(np.float32)
+
+
+def clips_from_scene(paths, num_frames, label_of, num_classes=3, stride=1, seed=0):
+  """Clip tracks as a perfect propagation would give them, with a little noise.
+
+  paths: per object, a function frame -> (cy, cx) or None when the object is not visible.
+  Every clip is centred at a frame c; each object visible at c gives one clip track on the window.
+  """
+  rng = np.random.default_rng(seed)
+  clips = []
+  for center in range(0, num_frames, stride):
+    start, stop = max(0, center - T), min(num_frames, center + T + 1)
+    tracks = []
+    for obj, path in enumerate(paths):
+      if path(center) is None:
+        continue
+      masks = np.zeros([stop - start, H, W], np.float32)
+      for i, f in enumerate(range(start, stop)):
+        if path(f) is not None:
+          masks[i] = disc(*path(f))
+      masks = np.clip(0.9 * masks + 0.05 * rng.random(masks.shape, dtype=np.float32), 0, 1)
+      probs = np.full([num_classes], 0.1, np.float32)
+      probs[label_of[obj] - 1] = 0.8
+      tracks.append(linking.ClipTrack(start=start, masks=masks, class_probs=probs))
+    # Detections come in no particular order.
+    tracks = [tracks[i] for i in rng.permutation(len(tracks))]
+    clips.append(tracks)
+  return clips
+
+
+def decoded(track, frame):
+  rle = track.segmentations[frame]
+  return None if rle is None else mask_utils.decode(rle).astype(bool)
+
+
+def assert_follows(track, path, num_frames, min_iou=0.9):
+  for f in range(num_frames):
+    expected = path(f)
+    got = decoded(track, f)
+    if expected is None:
+      assert got is None, f"frame {f}: expected no mask"
+    else:
+      assert got is not None, f"frame {f}: expected a mask"
+      gt = disc(*expected) > 0.5
+      iou = (got & gt).sum() / (got | gt).sum()
+      assert iou > min_iou, f"frame {f}: IoU {iou:.2f}"
+
+
+def link(clips, num_frames, **kw):
+  return linking.link_clip_tracks(clips, num_frames, (H, W), num_classes=3, **kw)
+
+
+def test_one_object():
+  path = lambda f: (12, 5 + f)
+  tracks = link(clips_from_scene([path], 30, {0: 2}), 30)
+  assert len(tracks) == 1
+  assert tracks[0].label == 2
+  assert tracks[0].score == pytest.approx(0.8)
+  assert tracks[0].num_clips == 30
+  assert_follows(tracks[0], path, 30)
+
+
+def test_two_crossing_objects_keep_identity():
+  a = lambda f: (10, 4 + f)
+  b = lambda f: (14, 35 - f)
+  tracks = link(clips_from_scene([a, b], 32, {0: 1, 1: 3}), 32)
+  assert len(tracks) == 2
+  by_label = {t.label: t for t in tracks}
+  assert_follows(by_label[1], a, 32)
+  assert_follows(by_label[3], b, 32)
+
+
+def test_occlusion_gap_that_clips_span_is_bridged():
+  path = lambda f: None if 10 <= f < 12 else (12, 8 + f)  # gap of T - 1 frames
+  tracks = link(clips_from_scene([path], 26, {0: 1}), 26)
+  assert len(tracks) == 1
+  assert_follows(tracks[0], path, 26)
+
+
+def test_object_appearing_late_and_one_leaving():
+  late = lambda f: None if f < 12 else (6, 30 - f)
+  leaving = lambda f: (18, 20 + 2 * f) if 20 + 2 * f < W else None
+  tracks = link(clips_from_scene([late, leaving], 25, {0: 1, 1: 2}), 25)
+  assert len(tracks) == 2
+  by_label = {t.label: t for t in tracks}
+  assert_follows(by_label[1], late, 25)
+  assert_follows(by_label[2], leaving, 25)
+
+
+def test_clip_stride_larger_than_one():
+  path = lambda f: (12, 5 + f)
+  tracks = link(clips_from_scene([path], 30, {0: 2}, stride=3), 30)
+  assert len(tracks) == 1
+  assert_follows(tracks[0], path, 30)
+
+
+def test_memory_is_bounded_by_the_window():
+  path = lambda f: (12, 5 + (f % 30))
+  linker = linking.TrackLinker(200, (H, W), (H, W), num_classes=3)
+  most_live_frames = 0
+  for clip in clips_from_scene([path], 200, {0: 1}):
+    linker.add_clip(clip)
+    most_live_frames = max(most_live_frames, sum(len(t.mask_sum) for t in linker._live))
+  linker.finish()
+  assert most_live_frames <= 2 * T + 1
+
+
+def test_masks_are_upsampled_to_the_video_size():
+  path = lambda f: (12, 5 + f)
+  small = [[linking.ClipTrack(t.start, t.masks[:, ::2, ::2], t.class_probs) for t in clip]
+           for clip in clips_from_scene([path], 12, {0: 1})]
+  tracks = linking.link_clip_tracks(small, 12, (H, W), num_classes=3)
+  assert len(tracks) == 1
+  assert tracks[0].segmentations[5]["size"] == [H, W]
+  # A radius-4 disc sampled at half resolution and upsampled again loses its rim.
+  assert_follows(tracks[0], path, 12, min_iou=0.7)
+
+
+def test_interpolation_matrix_uses_half_pixel_centres():
+  x = np.arange(4, dtype=np.float32)
+  up = linking.interpolation_matrix(4, 8) @ x
+  # Output j samples input (j + 0.5) / 2 - 0.5, clamped at the edges.
+  np.testing.assert_allclose(up, [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3], atol=1e-6)
+
+
+def test_binarizer_equals_full_upsampling_then_threshold():
+  rng = np.random.default_rng(0)
+  soft = np.zeros([12, 20], np.float32)
+  soft[3:7, 5:11] = rng.random([4, 6])
+  binarize = linking._Binarizer((12, 20), (37, 61), 0.5)
+  full = binarize.ry @ soft @ binarize.rx.T >= 0.5
+  np.testing.assert_array_equal(binarize(soft), full.astype(np.uint8))
+  assert binarize(np.full([12, 20], 0.2, np.float32)) is None
+
+
+def test_bad_clips_are_refused():
+  linker = linking.TrackLinker(10, (H, W), (H, W), num_classes=3)
+  probs = np.ones([3], np.float32) / 3
+  linker.add_clip([linking.ClipTrack(4, np.zeros([3, H, W], np.float32), probs)])
+  with pytest.raises(ValueError, match="temporal order"):
+    linker.add_clip([linking.ClipTrack(2, np.zeros([3, H, W], np.float32), probs)])
+  with pytest.raises(ValueError, match="leaves the video"):
+    linker.add_clip([linking.ClipTrack(8, np.zeros([3, H, W], np.float32), probs)])
+  with pytest.raises(ValueError, match="masks must be"):
+    linker.add_clip([linking.ClipTrack(5, np.zeros([3, H, 2], np.float32), probs)])
