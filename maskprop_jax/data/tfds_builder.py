@@ -1,0 +1,183 @@
+"""TFDS builder that stores a YouTube-VIS-format data set as array_record files, one record per video.
+
+Records keep everything in its compact form: frames as the original encoded image bytes and masks as compressed
+RLE counts strings, so a record of a 36-frame 720p video weighs what its JPEGs weigh and the training pipeline
+decodes only the few frames and masks a clip needs.
+
+Record layout (one per video, records ordered by video id):
+  video_id     int64
+  name         text            the video's folder name
+  height/width int32           original frame size (the size of every RLE of the video)
+  file_names   [F] text        as in the annotation file ("<video>/<frame>.jpg")
+  frames       [F] bytes       encoded image files, byte for byte
+  tracks       [N] of
+    id, category_id, label     int64 (label = contiguous 1..num_classes, categories sorted by id)
+    iscrowd                    bool
+    rle_counts [F] text        compressed RLE counts, "" where `present` is False
+    present    [F] bool        the track has a non-empty mask in that frame
+
+The data set's metadata.json holds the categories and, per split, the video ids and frame counts in record order,
+so a pipeline can enumerate (video, frame) pairs without reading any record.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from maskprop_jax.data import ytvis
+from maskprop_jax.errors import InputError
+
+BUILDER_NAME = "vis_videos"
+DATA_VERSION = "1.0.0"
+CONFIG_DESCRIPTIONS = {
+    "ytvis2019": "YouTube-VIS 2019 (40 categories).",
+    "ytvis2021": "YouTube-VIS 2021 (40 categories).",
+    "ovis": "OVIS, occluded video instance segmentation (25 categories).",
+    "synthetic": "The project's synthetic YouTube-VIS-format data set (maskprop_jax.data.synthetic).",
+}
+
+
+class VisVideos(tfds.core.GeneratorBasedBuilder):
+  """YouTube-VIS-format videos; each split comes from a loaded annotation file with its image_dir (nothing is
+  downloaded). Read a prepared copy with `tfds.builder_from_directory(prepared_dir(...))`, no sources needed."""
+
+  VERSION = tfds.core.Version(DATA_VERSION)
+  RELEASE_NOTES = {DATA_VERSION: "One record per video: encoded frames and RLE tracks."}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=d) for n, d in CONFIG_DESCRIPTIONS.items()]
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # tfds finds a builder's file through `importlib_resources`, which it does not install on Python >= 3.9.
+    return epath.Path(__file__)
+
+  def __init__(self, *, sources: Mapping[str, ytvis.YTVISDataset] | None = None, **kwargs: Any):
+    self._sources = dict(sources or {})
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    text = tfds.features.Text()
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.builder_config.description,
+        features=tfds.features.FeaturesDict({
+            "video_id": np.int64,
+            "name": text,
+            "height": np.int32,
+            "width": np.int32,
+            "file_names": tfds.features.Sequence(text),
+            # Raw bytes, not tfds.features.Image: an Image feature would decode every frame on every read.
+            "frames": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+            "tracks": tfds.features.Sequence({
+                "id": np.int64,
+                "category_id": np.int64,
+                "label": np.int64,
+                "iscrowd": np.bool_,
+                "rle_counts": tfds.features.Sequence(text),
+                "present": tfds.features.Sequence(np.bool_),
+            }),
+        }),
+        metadata=tfds.core.MetadataDict(),
+        # Records stay in video-id order, which is what the metadata's per-split lists describe.
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator[Any]]:
+    del dl_manager  # Nothing to download: the sources are local folders.
+    if not self._sources:
+      raise InputError(f"{BUILDER_NAME}/{self.builder_config.name}: no split sources given to prepare from")
+    self.info.metadata["categories"] = category_metadata(next(iter(self._sources.values())))
+    self.info.metadata["splits"] = {split: split_metadata(dataset) for split, dataset in self._sources.items()}
+    return {split: self._generate_examples(dataset) for split, dataset in self._sources.items()}
+
+  def _generate_examples(self, dataset: ytvis.YTVISDataset) -> Iterator[tuple[int, dict[str, Any]]]:
+    if dataset.image_dir is None:
+      raise InputError(f"{dataset.path}: no image directory given and none found beside the annotation file")
+    labels = {cid: dataset.label_of(cid) for cid in dataset.category_ids}
+    for key, video_id in enumerate(sorted(dataset.videos)):
+      video = dataset.videos[video_id]
+      yield key, video_example(video, dataset.tracks_of(video_id), labels, Path(dataset.image_dir))
+
+
+def read_frame_bytes(path: Path, video: ytvis.Video) -> bytes:
+  try:
+    return path.read_bytes()
+  except OSError as e:
+    raise InputError(f"video {video.id} ({video.name!r}): cannot read frame {path}: {e}") from e
+
+
+def video_example(
+    video: ytvis.Video, tracks: list[ytvis.Track], labels: Mapping[int, int], images_dir: Path
+) -> dict[str, Any]:
+  """The record of one video."""
+  return {
+      "video_id": video.id,
+      "name": video.name,
+      "height": video.height,
+      "width": video.width,
+      "file_names": list(video.file_names),
+      "frames": [read_frame_bytes(Path(images_dir) / f, video) for f in video.file_names],
+      "tracks": [
+          {
+              "id": track.id,
+              "category_id": track.category_id,
+              "label": labels[track.category_id],
+              "iscrowd": bool(track.iscrowd),
+              "rle_counts": [seg["counts"] if seg is not None else "" for seg in track.segmentations],
+              "present": [seg is not None for seg in track.segmentations],
+          }
+          for track in tracks
+      ],
+  }
+
+
+def category_metadata(dataset: ytvis.YTVISDataset) -> list[dict[str, Any]]:
+  """[{id, name, label}] in label order (label = index + 1 over the sorted category ids)."""
+  return [
+      {"id": cid, "name": dataset.categories[cid].name, "label": dataset.label_of(cid)}
+      for cid in dataset.category_ids
+  ]
+
+
+def split_metadata(dataset: ytvis.YTVISDataset) -> dict[str, Any]:
+  """Video ids and frame counts in record order; whether the split carries ground truth."""
+  video_ids = sorted(dataset.videos)
+  return {
+      "video_ids": video_ids,
+      "num_frames": [len(dataset.videos[v].file_names) for v in video_ids],
+      "has_annotations": dataset.has_annotations,
+  }
+
+
+def prepared_dir(data_dir: str | Path, name: str) -> Path:
+  """Where `name` (a builder config) lives under a TFDS data dir once prepared."""
+  return Path(data_dir) / BUILDER_NAME / name / DATA_VERSION
+
+
+def read_metadata(dataset_dir: str | Path) -> dict[str, Any]:
+  """The categories and per-split video lists of a prepared data set (its metadata.json)."""
+  path = Path(dataset_dir) / "metadata.json"
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise InputError(f"{path}: not a prepared {BUILDER_NAME} data set ({e}); run maskprop_jax.data.prepare") from e
+
+
+def split_info(dataset_dir: str | Path, split: str) -> dict[str, Any]:
+  """The split's entry of the metadata: video_ids, num_frames (record order) and has_annotations."""
+  splits = read_metadata(dataset_dir)["splits"]
+  if split not in splits:
+    raise InputError(f"{dataset_dir}: no split {split!r} (prepared splits: {', '.join(sorted(splits))})")
+  return splits[split]
+
+
+def open_records(dataset_dir: str | Path, split: str) -> Any:
+  """Random access (len, [i]) over the split's video records, decoded to numpy; no frame is decoded."""
+  split_info(dataset_dir, split)
+  return tfds.builder_from_directory(str(dataset_dir)).as_data_source(split)
