@@ -1,0 +1,136 @@
+"""MaskProp's mask propagation branch (Bertasius & Torresani, CVPR 2020, Sec. 3.2).
+
+For every instance i detected in the center frame t and every reference frame t+d of the clip:
+  f_t^i    = M_t^i * f_t                              instance-specific features (mask at feature resolution)
+  o_{t,d}  = offsets(residual_block(f_t - f_{t+d}))   deformable offsets, shared by all instances of the frame
+  g^i      = DCN(f_t^i; o_{t,d})                      features of instance i warped toward frame t+d
+  logits^i = head(g^i + f_{t+d})                      the instance's mask in frame t+d
+optionally gated by an instance-agnostic foreground map of frame t+d: p^i = sigmoid(logits^i) * sigmoid(fg).
+
+The first deformable layer reads f_t once for all instances (`masked_deform_conv2d`); later layers, if any,
+warp each instance's features with their own offsets. Shapes are static: I instance slots with a validity mask.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from maskprop_jax import kernels
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rngs, zero: bool = False):
+  pad = kernel_size // 2
+  return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), padding=((pad, pad), (pad, pad)),
+                  kernel_init=nnx.initializers.zeros_init() if zero else nnx.initializers.he_normal(),
+                  rngs=rngs)
+
+
+class OffsetBlock(nnx.Module):
+  """Residual block on the feature difference f_t - f_{t+d}, then one offset conv per deformable layer."""
+
+  def __init__(self, channels: int, width: int, num_layers: int, kernel_size: int, *, rngs: nnx.Rngs):
+    self.conv1 = _conv(channels, width, 3, rngs=rngs)
+    self.conv2 = _conv(width, width, 3, rngs=rngs)
+    self.kernel_size = kernel_size
+    # Zero-initialised offset convs start every deformable layer as a plain convolution (as DCN does).
+    self.offset_convs = nnx.List([_conv(width, 2 * kernel_size * kernel_size, 3, rngs=rngs, zero=True)
+                                  for _ in range(num_layers)])
+
+  def __call__(self, difference: jax.Array) -> list[jax.Array]:  # [N, H, W, C] -> L x [N, H, W, 1, K, 2]
+    h = jax.nn.relu(self.conv1(difference))
+    h = jax.nn.relu(h + self.conv2(h))
+    n, height, width, _ = h.shape
+    taps = self.kernel_size * self.kernel_size
+    return [conv(h).reshape(n, height, width, 1, taps, 2) for conv in self.offset_convs]
+
+
+class PropagationHead(nnx.Module):
+  """Propagates center-frame instance masks to reference frames; see the module docstring."""
+
+  def __init__(self, channels: int = 256, *, offset_width: int = 128, num_deform_layers: int = 1,
+               kernel_size: int = 3, head_width: int = 128, head_depth: int = 2, use_foreground: bool = True,
+               impl: str = "auto", rngs: nnx.Rngs):
+    self.impl = impl
+    self.kernel_size = kernel_size
+    self.offsets = OffsetBlock(channels, offset_width, num_deform_layers, kernel_size, rngs=rngs)
+    init = nnx.initializers.he_normal()
+    self.deform_weights = nnx.List([
+        nnx.Param(init(rngs.params(), (kernel_size, kernel_size, channels, channels)))
+        for _ in range(num_deform_layers)])
+    self.deform_biases = nnx.List([nnx.Param(jnp.zeros((channels,))) for _ in range(num_deform_layers)])
+    widths = [channels] + [head_width] * head_depth
+    self.mask_convs = nnx.List([_conv(a, b, 3, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+    self.mask_logits = _conv(widths[-1], 1, 1, rngs=rngs)
+    # Empty when the foreground gate is off (an attribute's kind, data or static, is fixed at construction).
+    self.foreground = nnx.List(
+        [_conv(channels, head_width, 3, rngs=rngs), _conv(head_width, 1, 1, rngs=rngs)] if use_foreground else [])
+
+  def warp(self, center: jax.Array, instance_masks: jax.Array, reference: jax.Array) -> jax.Array:
+    """g^i: instance features of the center frame warped toward the reference frame.
+
+    center: [N, H, W, C] f_t; instance_masks: [N, I, H, W] soft masks at feature resolution;
+    reference: [N, H, W, C] f_{t+d}. Returns [N, I, H, W, C].
+    """
+    n, num_instances, height, width = instance_masks.shape
+    offsets = self.offsets(center - reference)
+    pad = self.kernel_size // 2
+    conv_args = dict(stride=1, padding=pad, dilation=1, offset_groups=1, impl=self.impl)
+    warped = kernels.masked_deform_conv2d(center, instance_masks, offsets[0], self.deform_weights[0][...],
+                                          **conv_args)  # [N, I, H, W, C]
+    warped = warped + self.deform_biases[0][...]
+    for layer in range(1, len(offsets)):
+      flat = jax.nn.relu(warped).reshape(n * num_instances, height, width, -1)
+      layer_offsets = jnp.repeat(offsets[layer], num_instances, axis=0)
+      flat = kernels.deform_conv2d(flat, layer_offsets, self.deform_weights[layer][...], **conv_args)
+      warped = flat.reshape(n, num_instances, height, width, -1) + self.deform_biases[layer][...]
+    return warped
+
+  def __call__(self, center: jax.Array, instance_masks: jax.Array,
+               reference: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """Mask logits of every instance in the reference frame, and the foreground logits of that frame.
+
+    center: [N, H, W, C]; instance_masks: [N, I, H, W]; reference: [N, H, W, C].
+    Returns (logits [N, I, H, W], foreground logits [N, H, W] or None).
+    """
+    n, num_instances, height, width = instance_masks.shape
+    h = self.warp(center, instance_masks, reference) + reference[:, None]  # [N, I, H, W, C]
+    h = h.reshape(n * num_instances, height, width, -1)
+    for conv in self.mask_convs:
+      h = jax.nn.relu(conv(h))
+    logits = self.mask_logits(h).reshape(n, num_instances, height, width)
+    fg_logits = None
+    if len(self.foreground):
+      fg_logits = self.foreground[1](jax.nn.relu(self.foreground[0](reference)))[..., 0]
+    return logits, fg_logits
+
+
+def mask_probabilities(logits: jax.Array, fg_logits: jax.Array | None) -> jax.Array:
+  """p^i = sigmoid(logits^i) [* sigmoid(fg)]: [N, I, H, W] (fg: [N, H, W] or None)."""
+  probs = jax.nn.sigmoid(logits)
+  if fg_logits is not None:
+    probs = probs * jax.nn.sigmoid(fg_logits)[:, None]
+  return probs
+
+
+def soft_iou_loss(probs: jax.Array, targets: jax.Array, valid: jax.Array, smooth: float = 1.0) -> jax.Array:
+  """Mean over valid instances of 1 - sIoU, sIoU(A, B) = (sum(AB) + s) / (sum(A + B - AB) + s).
+
+  probs, targets: [..., H, W] in [0, 1]; valid: [...]. The smoothing term s makes an empty prediction of an
+  absent instance (empty target) a perfect one instead of 0/0, and keeps the gradient finite there.
+  """
+  inter = jnp.sum(probs * targets, axis=(-2, -1))
+  union = jnp.sum(probs + targets - probs * targets, axis=(-2, -1))
+  siou = (inter + smooth) / (union + smooth)
+  valid = valid.astype(probs.dtype)
+  return jnp.sum((1.0 - siou) * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def downsample_masks(masks: jax.Array, stride: int) -> jax.Array:
+  """Area-average pooling of image-resolution masks [..., H, W] to feature resolution [..., H/s, W/s]."""
+  *lead, height, width = masks.shape
+  if height % stride or width % stride:
+    raise ValueError(f"mask size {(height, width)} is not a multiple of the feature stride {stride}")
+  pooled = masks.astype(jnp.float32).reshape(*lead, height // stride, stride, width // stride, stride)
+  return pooled.mean(axis=(-3, -1))
