@@ -1,0 +1,52 @@
+"""torchvision.ops.misc.Conv2dNormActivation in Flax NNX: conv, optional batch norm, ReLU.
+
+It is an `nnx.List` so that parameter paths are the same integer paths as torchvision's state dict
+(`0` the conv, `1` the batch norm), which keeps checkpoint conversion one to one.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+# torchvision initialises detection-head convs with kaiming_normal_(mode="fan_out", nonlinearity="relu"):
+# an untruncated normal, unlike jax.nn.initializers.he_normal.
+conv_kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def batch_norm(num_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  """nn.BatchNorm2d's defaults: momentum 0.1 (0.9 decay here), eps 1e-5, exact two-pass variance."""
+  return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
+
+
+class Conv2dNormActivation(nnx.List):
+  """A `kernel_size` conv (bias only without norm), optional BatchNorm, ReLU. NHWC in and out."""
+
+  def __init__(
+      self,
+      in_channels: int,
+      out_channels: int,
+      kernel_size: int = 3,
+      dilation: int = 1,
+      use_norm: bool = False,
+      *,
+      rngs: nnx.Rngs,
+  ):
+    padding = (kernel_size - 1) // 2 * dilation
+    conv = nnx.Conv(
+        in_channels, out_channels, (kernel_size, kernel_size), padding=((padding, padding), (padding, padding)),
+        kernel_dilation=dilation, use_bias=not use_norm, kernel_init=conv_kernel_init,
+        bias_init=nnx.initializers.zeros, rngs=rngs)
+    super().__init__([conv, batch_norm(out_channels, rngs)] if use_norm else [conv])
+
+  def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """x: [N, H, W, C_in] -> [N, H, W, C_out].
+
+    valid: optional [N] bool; in training mode only these rows contribute to the batch statistics (padded RoIs
+    must not, or the statistics would differ from torchvision's, which never sees the padding).
+    """
+    y = self[0](x)
+    if len(self) > 1:
+      mask = None if valid is None else jax.numpy.broadcast_to(valid[:, None, None, None], y.shape)
+      y = self[1](y, mask=mask)
+    return jax.nn.relu(y)
