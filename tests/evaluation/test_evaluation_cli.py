@@ -1,0 +1,54 @@
+"""`python -m maskprop_jax.evaluation`: one JSON object of stats, clean errors, and no jax / TensorFlow."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from ytvis_random_cases import random_case
+
+from maskprop_jax.evaluation import STAT_NAMES, evaluate
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("cli")
+  gt, results = random_case(5, num_videos=4)
+  (directory / "gt.json").write_text(json.dumps(gt))
+  (directory / "results.json").write_text(json.dumps(results))
+  return directory, gt, results
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", "maskprop_jax.evaluation", *map(str, args)],
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_prints_the_12_stats_and_writes_outputs(files):
+  directory, gt, results = files
+  run = _run("--annotations", directory / "gt.json", "--results", directory / "results.json", "--per-category",
+             "--output", directory / "metrics.json", "--zip", directory / "submission.zip")
+  assert run.returncode == 0, run.stderr
+  stats = json.loads(run.stdout)
+  assert list(stats)[:12] == list(STAT_NAMES)
+  assert stats == evaluate(gt, results, per_category=True)
+  assert json.loads((directory / "metrics.json").read_text()) == stats
+  assert (directory / "submission.zip").stat().st_size > 0
+
+
+def test_bad_results_exit_non_zero_with_one_paragraph(files):
+  directory, _, results = files
+  bad = [dict(results[0], video_id=987654)]
+  (directory / "bad.json").write_text(json.dumps(bad))
+  run = _run("--annotations", directory / "gt.json", "--results", directory / "bad.json")
+  assert run.returncode == 2
+  assert "987654" in run.stderr and "Traceback" not in run.stderr
+  assert run.stdout == ""
+
+
+def test_imports_neither_jax_nor_tensorflow():
+  code = ("import sys, maskprop_jax.evaluation.__main__, maskprop_jax.evaluation.bench; "
+          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'tensorflow', 'flax', 'torch')))")
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.strip() == "[]"
