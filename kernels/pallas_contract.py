@@ -15,9 +15,22 @@ corner rule (every corner is then outside the image or carries a zero weight), s
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+
+
+Pair = tuple[int, int]
+IntOrPair = int | Sequence[int]
+
+
+def as_pair(name: str, value: IntOrPair) -> Pair:
+  """An int or an (h, w) pair of ints, as a pair; ValueError naming the argument otherwise."""
+  pair = (value, value) if isinstance(value, int) else tuple(value)
+  if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+    raise ValueError(f"deform_conv2d: `{name}` must be an int or a pair of ints, got {value!r}")
+  return pair  # type: ignore[return-value]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +47,9 @@ class ConvGeometry:
   out_w: int
   offset_groups: int
   num_instances: int  # 0 for the plain (unmasked) form
+  stride: Pair
+  padding: Pair
+  dilation: Pair
 
   @property
   def taps(self) -> int:
@@ -50,8 +66,8 @@ def _shape_error(name: str, array: jax.Array, expected: str) -> ValueError:
 
 
 def check_arguments(x: jax.Array, instance_masks: jax.Array | None, offsets: jax.Array,
-                    mask: jax.Array | None, weight: jax.Array, *, stride: int, padding: int,
-                    dilation: int, offset_groups: int) -> ConvGeometry:
+                    mask: jax.Array | None, weight: jax.Array, *, stride: IntOrPair, padding: IntOrPair,
+                    dilation: IntOrPair, offset_groups: int) -> ConvGeometry:
   """Validates shapes and dtypes; returns the geometry. Raises ValueError naming the bad argument."""
   if x.ndim != 4:
     raise _shape_error("x", x, "(N, H, W, C)")
@@ -63,13 +79,15 @@ def check_arguments(x: jax.Array, instance_masks: jax.Array | None, offsets: jax
   if weight.dtype != x.dtype:
     raise _shape_error("weight", weight, f"the dtype of x ({x.dtype})")
   kh, kw, _, o = weight.shape
-  if min(stride, dilation) < 1 or padding < 0:
+  stride, padding, dilation = as_pair("stride", stride), as_pair("padding", padding), as_pair(
+      "dilation", dilation)
+  if min(*stride, *dilation) < 1 or min(padding) < 0:
     raise ValueError(f"deform_conv2d: need stride >= 1, dilation >= 1, padding >= 0; got stride={stride}, "
                      f"dilation={dilation}, padding={padding}")
   if offset_groups < 1 or c % offset_groups:
     raise ValueError(f"deform_conv2d: offset_groups={offset_groups} must divide the {c} channels of x")
-  ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
-  wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+  ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+  wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
   if ho < 1 or wo < 1:
     raise ValueError(f"deform_conv2d: a {kh}x{kw} kernel with dilation {dilation} and padding {padding} "
                      f"leaves no output position on a {h}x{w} input `x`")
@@ -85,19 +103,20 @@ def check_arguments(x: jax.Array, instance_masks: jax.Array | None, offsets: jax
     num_instances = instance_masks.shape[1]
     if num_instances < 1:
       raise _shape_error("instance_masks", instance_masks, "at least one instance")
-  return ConvGeometry(n, h, w, c, o, kh, kw, ho, wo, offset_groups, num_instances)
+  return ConvGeometry(n, h, w, c, o, kh, kw, ho, wo, offset_groups, num_instances, stride, padding, dilation)
 
 
-def _bilinear_columns(x: jax.Array, offsets: jax.Array, *, stride: int, padding: int, dilation: int,
-                      kernel_hw: tuple[int, int]) -> jax.Array:
+def _bilinear_columns(x: jax.Array, offsets: jax.Array, geometry: ConvGeometry) -> jax.Array:
   """Samples every tap of every output position: returns [N, Ho, Wo, G, K, C/G] in fp32."""
   n, h, w, c = x.shape
   _, ho, wo, g, k, _ = offsets.shape
-  kh, kw = kernel_hw
-  tap_row = jnp.repeat(jnp.arange(kh), kw) * dilation  # [K]
-  tap_col = jnp.tile(jnp.arange(kw), kh) * dilation  # [K]
-  out_row = jnp.arange(ho) * stride - padding  # [Ho]
-  out_col = jnp.arange(wo) * stride - padding  # [Wo]
+  kh, kw = geometry.kernel_h, geometry.kernel_w
+  (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w) = (
+      geometry.stride, geometry.padding, geometry.dilation)
+  tap_row = jnp.repeat(jnp.arange(kh), kw) * dilation_h  # [K]
+  tap_col = jnp.tile(jnp.arange(kw), kh) * dilation_w  # [K]
+  out_row = jnp.arange(ho) * stride_h - pad_h  # [Ho]
+  out_col = jnp.arange(wo) * stride_w - pad_w  # [Wo]
   y = out_row[None, :, None, None, None] + tap_row + offsets[..., 0].astype(jnp.float32)  # [N,Ho,Wo,G,K]
   xs = out_col[None, None, :, None, None] + tap_col + offsets[..., 1].astype(jnp.float32)  # [N,Ho,Wo,G,K]
   y0, x0 = jnp.floor(y), jnp.floor(xs)
@@ -117,12 +136,12 @@ def _bilinear_columns(x: jax.Array, offsets: jax.Array, *, stride: int, padding:
 
 
 def reference_forward(x: jax.Array, offsets: jax.Array, mask: jax.Array | None, weight: jax.Array, *,
-                      stride: int, padding: int, dilation: int, offset_groups: int) -> jax.Array:
+                      stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair,
+                      offset_groups: int) -> jax.Array:
   """Plain-jnp deformable convolution (materializes every column); returns [N, Ho, Wo, O] in x.dtype."""
   geometry = check_arguments(x, None, offsets, mask, weight, stride=stride, padding=padding,
                              dilation=dilation, offset_groups=offset_groups)
-  columns = _bilinear_columns(x, offsets, stride=stride, padding=padding, dilation=dilation,
-                              kernel_hw=(geometry.kernel_h, geometry.kernel_w))  # [N,Ho,Wo,G,K,C/G]
+  columns = _bilinear_columns(x, offsets, geometry)  # [N,Ho,Wo,G,K,C/G]
   if mask is not None:
     columns = columns * mask.astype(jnp.float32)[..., None]
   # weight rows are ordered (tap, channel) with channel = group * C/G + c, so put taps before groups.
@@ -133,8 +152,8 @@ def reference_forward(x: jax.Array, offsets: jax.Array, mask: jax.Array | None, 
 
 
 def reference_masked_forward(x: jax.Array, instance_masks: jax.Array, offsets: jax.Array,
-                             mask: jax.Array | None, weight: jax.Array, *, stride: int, padding: int,
-                             dilation: int, offset_groups: int) -> jax.Array:
+                             mask: jax.Array | None, weight: jax.Array, *, stride: IntOrPair,
+                             padding: IntOrPair, dilation: IntOrPair, offset_groups: int) -> jax.Array:
   """DCN(M_i * x) for every instance i, one plain call each; returns [N, I, Ho, Wo, O]."""
   check_arguments(x, instance_masks, offsets, mask, weight, stride=stride, padding=padding,
                   dilation=dilation, offset_groups=offset_groups)
@@ -144,3 +163,9 @@ def reference_masked_forward(x: jax.Array, instance_masks: jax.Array, offsets: j
       for i in range(instance_masks.shape[1])
   ]
   return jnp.stack(outputs, axis=1)
+
+
+def static_conv_args(stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair) -> dict[str, Pair]:
+  """stride, padding and dilation as hashable pairs, ready to be static arguments of a jitted wrapper."""
+  return dict(stride=as_pair("stride", stride), padding=as_pair("padding", padding),
+              dilation=as_pair("dilation", dilation))

@@ -32,6 +32,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from maskprop_jax.kernels import pallas_contract
+from maskprop_jax.kernels.pallas_contract import IntOrPair, static_conv_args as _static_conv_args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +59,9 @@ def _fit_block(preferred: int, extent: int) -> int:
   return max(16, min(preferred, _next_power_of_2(extent)))
 
 
-def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, stride: int, padding: int,
-                        dilation: int, block_p: int, block_c: int, block_i: int, group_channels_pad: int,
-                        has_mask: bool, has_instances: bool, dot_precision):
+def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, block_p: int, block_c: int,
+                        block_i: int, group_channels_pad: int, has_mask: bool, has_instances: bool,
+                        dot_precision):
   """One program: output tile [block_i, block_p, block_o] of batch element program_id(0)."""
   refs = list(refs)
   x_ref = refs.pop(0)  # [H*W, G*Cg_pad]
@@ -69,6 +70,8 @@ def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, stride: i
   mask_ref = refs.pop(0) if has_mask else None  # [G, K, block_p]
   weight_ref, out_ref = refs  # [K, G*Cg_pad, block_o], [block_i, block_p, block_o]
   height, width = geometry.height, geometry.width
+  (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w) = (
+      geometry.stride, geometry.padding, geometry.dilation)
   block_o = out_ref.shape[-1]
 
   positions = pl.program_id(2) * block_p + jnp.arange(block_p, dtype=jnp.int32)  # [block_p]
@@ -82,8 +85,8 @@ def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, stride: i
     """Flat pixel index [block_p] and blend weight [block_i, block_p] of the four corners of one tap."""
     tap_row = (tap // geometry.kernel_w).astype(jnp.float32)
     tap_col = (tap % geometry.kernel_w).astype(jnp.float32)
-    y = out_row * stride - padding + tap_row * dilation + offsets_ref[group, tap, 0, :]
-    x = out_col * stride - padding + tap_col * dilation + offsets_ref[group, tap, 1, :]
+    y = out_row * stride_h - pad_h + tap_row * dilation_h + offsets_ref[group, tap, 0, :]
+    x = out_col * stride_w - pad_w + tap_col * dilation_w + offsets_ref[group, tap, 1, :]
     sample_scale = jnp.where(position_valid, 1.0, 0.0)
     if has_mask:
       sample_scale = sample_scale * mask_ref[group, tap, :]
@@ -126,6 +129,8 @@ def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, stride: i
   out_ref[...] = acc.reshape(block_i, block_p, block_o).astype(out_ref.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("stride", "padding", "dilation", "offset_groups", "interpret",
+                                             "tiling"))
 def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding, dilation, offset_groups,
                    interpret, tiling):
   """Shared wrapper of both public forms; returns [N, max(I, 1), Ho, Wo, O]."""
@@ -172,9 +177,8 @@ def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding,
   in_specs.append(pl.BlockSpec((k, weight_flat.shape[1], block_o), lambda b, i, p, o: (0, 0, o)))
 
   kernel = functools.partial(
-      _deform_conv_kernel, geometry=geometry, stride=stride, padding=padding, dilation=dilation,
-      block_p=block_p, block_c=block_c, block_i=block_i, group_channels_pad=group_channels_pad,
-      has_mask=mask is not None, has_instances=has_instances,
+      _deform_conv_kernel, geometry=geometry, block_p=block_p, block_c=block_c, block_i=block_i,
+      group_channels_pad=group_channels_pad, has_mask=mask is not None, has_instances=has_instances,
       # fp32 inputs get an fp32 GEMM (no TF32 rounding) so the kernel matches the XLA impl to 1e-5.
       dot_precision=jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None)
   out = pl.pallas_call(
@@ -191,30 +195,27 @@ def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding,
   return out.reshape(n, -1, geometry.out_h, geometry.out_w, geometry.out_channels)
 
 
-@functools.partial(jax.jit, static_argnames=("stride", "padding", "dilation", "offset_groups", "interpret",
-                                             "tiling"))
 def deform_conv2d_fwd(x: jax.Array, offsets: jax.Array, mask: jax.Array | None, weight: jax.Array, *,
-                      stride: int, padding: int, dilation: int, offset_groups: int, interpret: bool = False,
-                      tiling: Tiling = Tiling()) -> jax.Array:
+                      stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair, offset_groups: int,
+                      interpret: bool = False, tiling: Tiling = Tiling()) -> jax.Array:
   """Deformable convolution forward on an NVIDIA GPU (or Pallas interpret mode): returns [N, Ho, Wo, O].
 
   x [N, H, W, C]; offsets [N, Ho, Wo, G, kh*kw, 2] as (dy, dx); mask [N, Ho, Wo, G, kh*kw] or None;
   weight [kh, kw, C, O]. fp32 or bf16 inputs, fp32 accumulation, output in x.dtype.
   """
-  out = _fused_forward(x, None, offsets, mask, weight, stride=stride, padding=padding, dilation=dilation,
+  out = _fused_forward(x, None, offsets, mask, weight, **_static_conv_args(stride, padding, dilation),
                        offset_groups=offset_groups, interpret=interpret, tiling=tiling)
   return out[:, 0]
 
 
-@functools.partial(jax.jit, static_argnames=("stride", "padding", "dilation", "offset_groups", "interpret",
-                                             "tiling"))
 def masked_deform_conv2d_fwd(x: jax.Array, instance_masks: jax.Array, offsets: jax.Array,
-                             mask: jax.Array | None, weight: jax.Array, *, stride: int, padding: int,
-                             dilation: int, offset_groups: int, interpret: bool = False,
-                             tiling: Tiling = Tiling()) -> jax.Array:
+                             mask: jax.Array | None, weight: jax.Array, *, stride: IntOrPair,
+                             padding: IntOrPair, dilation: IntOrPair, offset_groups: int,
+                             interpret: bool = False, tiling: Tiling = Tiling()) -> jax.Array:
   """DCN(M_i * x) for the I instance masks [N, I, H, W] of a frame, shared offsets: returns [N, I, Ho, Wo, O].
 
   Exact: every bilinear corner of x is scaled by the instance mask's value at that same corner.
   """
-  return _fused_forward(x, instance_masks, offsets, mask, weight, stride=stride, padding=padding,
-                        dilation=dilation, offset_groups=offset_groups, interpret=interpret, tiling=tiling)
+  return _fused_forward(x, instance_masks, offsets, mask, weight,
+                        **_static_conv_args(stride, padding, dilation), offset_groups=offset_groups,
+                        interpret=interpret, tiling=tiling)

@@ -40,6 +40,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from maskprop_jax.kernels import pallas_contract
+from maskprop_jax.kernels.pallas_contract import IntOrPair, static_conv_args as _static_conv_args
 
 # Offsets the kernel samples exactly when the bound cannot be read from the data (inside jit).
 DEFAULT_MAX_OFFSET = 8
@@ -61,7 +62,8 @@ class _HaloGeometry:
   halo_w: int
   row_tiles: int
   col_tiles: int
-  margin: int  # zeros added before row 0 and column 0 of x
+  margin_h: int  # zeros added above row 0 of x
+  margin_w: int  # zeros added left of column 0 of x
   max_offset: int
 
   @property
@@ -73,24 +75,24 @@ class _HaloGeometry:
     return self.halo_r * self.halo_w
 
 
-def _halo_geometry(geometry: pallas_contract.ConvGeometry, *, stride: int, padding: int, dilation: int,
-                   max_offset: int, tiling: Tiling) -> _HaloGeometry:
+def _halo_geometry(geometry: pallas_contract.ConvGeometry, *, max_offset: int, tiling: Tiling) -> _HaloGeometry:
   if tiling.block_w < 8 or tiling.block_w & (tiling.block_w - 1) or tiling.block_r < 1:
     raise ValueError(f"pallas_tpu.Tiling: block_w must be a power of two >= 8 and block_r >= 1, got {tiling}")
   block_r = min(tiling.block_r, geometry.out_h)
   block_w = max(8, min(tiling.block_w, 1 << (geometry.out_w - 1).bit_length()))
+  (stride_h, stride_w), (dilation_h, dilation_w) = geometry.stride, geometry.dilation
   # Halo-relative sample row of output row r, tap row a: r*s + a*d + dy + max_offset (margin - padding),
   # so with |dy| <= max_offset its floor corner is >= 0 and its ceil corner < halo_r below.
-  halo_r = (block_r - 1) * stride + (geometry.kernel_h - 1) * dilation + 2 * max_offset + 2
-  halo_w = (block_w - 1) * stride + (geometry.kernel_w - 1) * dilation + 2 * max_offset + 2
+  halo_r = (block_r - 1) * stride_h + (geometry.kernel_h - 1) * dilation_h + 2 * max_offset + 2
+  halo_w = (block_w - 1) * stride_w + (geometry.kernel_w - 1) * dilation_w + 2 * max_offset + 2
   halo_w = -(-halo_w // 16) * 16  # whole bf16 sublane tiles, so [halo_r, halo_w, C] collapses for free
   return _HaloGeometry(block_r, block_w, halo_r, halo_w, row_tiles=-(-geometry.out_h // block_r),
-                       col_tiles=-(-geometry.out_w // block_w), margin=padding + max_offset,
-                       max_offset=max_offset)
+                       col_tiles=-(-geometry.out_w // block_w), margin_h=geometry.padding[0] + max_offset,
+                       margin_w=geometry.padding[1] + max_offset, max_offset=max_offset)
 
 
-def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, halo: _HaloGeometry, stride: int,
-                        dilation: int, has_mask: bool, has_instances: bool, dot_precision):
+def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, halo: _HaloGeometry, has_mask: bool,
+                        has_instances: bool, dot_precision):
   """One program: output tile [I, block_r, block_w, O] of batch element program_id(0)."""
   refs = list(refs)
   x_ref = refs.pop(0)  # [halo_r, halo_w, C]
@@ -101,6 +103,7 @@ def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, halo: _Ha
   block_p, taps, num_groups = halo.block_p, geometry.taps, geometry.offset_groups
   group_channels = geometry.group_channels
   compute_dtype = x_ref.dtype
+  (stride_h, stride_w), (dilation_h, dilation_w) = geometry.stride, geometry.dilation
 
   halo_values = x_ref[...].reshape(halo.halo_pixels, geometry.channels)  # [halo_pixels, C]
   offsets = offsets_ref[...].reshape(block_p, num_groups * taps * 2)
@@ -117,8 +120,8 @@ def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, halo: _Ha
     for tap in range(taps):
       column = (group * taps + tap) * 2
       tap_row, tap_col = divmod(tap, geometry.kernel_w)
-      y = tile_row * stride + (tap_row * dilation + halo.max_offset) + offsets[:, column:column + 1]
-      x = tile_col * stride + (tap_col * dilation + halo.max_offset) + offsets[:, column + 1:column + 2]
+      y = tile_row * stride_h + (tap_row * dilation_h + halo.max_offset) + offsets[:, column:column + 1]
+      x = tile_col * stride_w + (tap_col * dilation_w + halo.max_offset) + offsets[:, column + 1:column + 2]
       y0, x0 = jnp.floor(y), jnp.floor(x)
       ly, lx = y - y0, x - x0
       corner = y0.astype(jnp.int32) * halo.halo_w + x0.astype(jnp.int32)  # [block_p, 1]
@@ -151,14 +154,20 @@ def _pad_to_tiles(array: jax.Array, rows: int, cols: int) -> jax.Array:
   return jnp.pad(array, pads)
 
 
+def _zero_pad_image(image: jax.Array, halo: _HaloGeometry, padded_hw: tuple[int, int]) -> jax.Array:
+  """Zero-pads dims 1 and 2 of [N, H, W, ...] to padded_hw, with the halo margins before row/column 0."""
+  rows = (halo.margin_h, padded_hw[0] - halo.margin_h - image.shape[1])
+  cols = (halo.margin_w, padded_hw[1] - halo.margin_w - image.shape[2])
+  return jnp.pad(image, ((0, 0), rows, cols) + ((0, 0),) * (image.ndim - 3))
+
+
 def _instance_halos(instance_masks: jax.Array, halo: _HaloGeometry, padded_hw: tuple[int, int],
-                    stride: int) -> jax.Array:
+                    stride: tuple[int, int]) -> jax.Array:
   """Cuts every tile's halo out of the padded instance masks: [N, I, H, W] -> [N, T, U, I, halo_pixels]."""
-  padded = jnp.pad(instance_masks.astype(jnp.float32),
-                   ((0, 0), (0, 0), (halo.margin, padded_hw[0] - halo.margin - instance_masks.shape[2]),
-                    (halo.margin, padded_hw[1] - halo.margin - instance_masks.shape[3])))
-  rows = (np.arange(halo.row_tiles) * halo.block_r * stride)[:, None] + np.arange(halo.halo_r)  # [T, halo_r]
-  cols = (np.arange(halo.col_tiles) * halo.block_w * stride)[:, None] + np.arange(halo.halo_w)  # [U, halo_w]
+  padded = _zero_pad_image(jnp.moveaxis(instance_masks.astype(jnp.float32), 1, 3), halo, padded_hw)
+  padded = jnp.moveaxis(padded, 3, 1)  # [N, I, Hp, Wp]
+  rows = (np.arange(halo.row_tiles) * halo.block_r * stride[0])[:, None] + np.arange(halo.halo_r)  # [T, halo_r]
+  cols = (np.arange(halo.col_tiles) * halo.block_w * stride[1])[:, None] + np.arange(halo.halo_w)  # [U, halo_w]
   windows = padded[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # [N, I, T, U, halo_r, halo_w]
   windows = windows.reshape(*windows.shape[:4], halo.halo_pixels)
   return jnp.transpose(windows, (0, 2, 3, 1, 4))
@@ -172,22 +181,20 @@ def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding,
   geometry = pallas_contract.check_arguments(
       x, instance_masks, offsets, mask, weight, stride=stride, padding=padding, dilation=dilation,
       offset_groups=offset_groups)
-  halo = _halo_geometry(geometry, stride=stride, padding=padding, dilation=dilation, max_offset=max_offset,
-                        tiling=tiling)
+  halo = _halo_geometry(geometry, max_offset=max_offset, tiling=tiling)
   n, k, g = geometry.batch, geometry.taps, geometry.offset_groups
   num_outputs = max(geometry.num_instances, 1)
   out_rows, out_cols = halo.row_tiles * halo.block_r, halo.col_tiles * halo.block_w
   # The last tile's halo ends at (tiles - 1) * block * stride + halo size; x may already reach further.
-  padded_h = max((halo.row_tiles - 1) * halo.block_r * stride + halo.halo_r, halo.margin + geometry.height)
-  padded_w = max((halo.col_tiles - 1) * halo.block_w * stride + halo.halo_w, halo.margin + geometry.width)
-  x_padded = jnp.pad(x, ((0, 0), (halo.margin, padded_h - halo.margin - geometry.height),
-                         (halo.margin, padded_w - halo.margin - geometry.width), (0, 0)))
+  padded_h = max((halo.row_tiles - 1) * halo.block_r * stride[0] + halo.halo_r, halo.margin_h + geometry.height)
+  padded_w = max((halo.col_tiles - 1) * halo.block_w * stride[1] + halo.halo_w, halo.margin_w + geometry.width)
+  x_padded = _zero_pad_image(x, halo, (padded_h, padded_w))
 
   operands = [x_padded]
   in_specs = [pl.BlockSpec((None, pl.Element(halo.halo_r), pl.Element(halo.halo_w), geometry.channels),
-                           lambda b, t, u: (b, t * halo.block_r * stride, u * halo.block_w * stride, 0))]
+                           lambda b, t, u: (b, t * halo.block_r * stride[0], u * halo.block_w * stride[1], 0))]
   if instance_masks is not None:
-    operands.append(_instance_halos(instance_masks, halo, (padded_h, padded_w), stride))
+    operands.append(_instance_halos(instance_masks, halo, (padded_h, padded_w), geometry.stride))
     in_specs.append(pl.BlockSpec((None, None, None, num_outputs, halo.halo_pixels),
                                  lambda b, t, u: (b, t, u, 0, 0)))
   operands.append(_pad_to_tiles(offsets.astype(jnp.float32).reshape(n, geometry.out_h, geometry.out_w, -1),
@@ -201,8 +208,8 @@ def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding,
   in_specs.append(pl.BlockSpec((k, geometry.channels, geometry.out_channels), lambda b, t, u: (0, 0, 0)))
 
   kernel = functools.partial(
-      _deform_conv_kernel, geometry=geometry, halo=halo, stride=stride, dilation=dilation,
-      has_mask=mask is not None, has_instances=instance_masks is not None,
+      _deform_conv_kernel, geometry=geometry, halo=halo, has_mask=mask is not None,
+      has_instances=instance_masks is not None,
       dot_precision=jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None)
   out = pl.pallas_call(
       kernel,
@@ -231,28 +238,30 @@ def _resolve_max_offset(offsets: jax.Array, max_offset: int | None) -> int:
 
 
 def deform_conv2d_fwd(x: jax.Array, offsets: jax.Array, mask: jax.Array | None, weight: jax.Array, *,
-                      stride: int, padding: int, dilation: int, offset_groups: int, interpret: bool = False,
-                      max_offset: int | None = None, tiling: Tiling = Tiling()) -> jax.Array:
+                      stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair, offset_groups: int,
+                      interpret: bool = False, max_offset: int | None = None,
+                      tiling: Tiling = Tiling()) -> jax.Array:
   """Deformable convolution forward on a TPU (or Pallas interpret mode): returns [N, Ho, Wo, O].
 
   Layouts as `maskprop_jax.kernels.deform_conv2d`. Offsets are clamped to [-max_offset, max_offset]
   (see the module docstring for how the bound is chosen).
   """
-  out = _fused_forward(x, None, offsets, mask, weight, stride=stride, padding=padding, dilation=dilation,
+  out = _fused_forward(x, None, offsets, mask, weight, **_static_conv_args(stride, padding, dilation),
                        offset_groups=offset_groups, max_offset=_resolve_max_offset(offsets, max_offset),
                        interpret=interpret, tiling=tiling)
   return out[:, 0]
 
 
 def masked_deform_conv2d_fwd(x: jax.Array, instance_masks: jax.Array, offsets: jax.Array,
-                             mask: jax.Array | None, weight: jax.Array, *, stride: int, padding: int,
-                             dilation: int, offset_groups: int, interpret: bool = False,
-                             max_offset: int | None = None, tiling: Tiling = Tiling()) -> jax.Array:
+                             mask: jax.Array | None, weight: jax.Array, *, stride: IntOrPair,
+                             padding: IntOrPair, dilation: IntOrPair, offset_groups: int,
+                             interpret: bool = False, max_offset: int | None = None,
+                             tiling: Tiling = Tiling()) -> jax.Array:
   """DCN(M_i * x) for the I instance masks [N, I, H, W] of a frame, shared offsets: returns [N, I, Ho, Wo, O].
 
   Exact within the offset bound: each bilinear corner's weight is scaled by the instance mask at that corner.
   """
-  return _fused_forward(x, instance_masks, offsets, mask, weight, stride=stride, padding=padding,
-                        dilation=dilation, offset_groups=offset_groups,
+  return _fused_forward(x, instance_masks, offsets, mask, weight,
+                        **_static_conv_args(stride, padding, dilation), offset_groups=offset_groups,
                         max_offset=_resolve_max_offset(offsets, max_offset), interpret=interpret,
                         tiling=tiling)
