@@ -8,7 +8,7 @@ Malformed masks raise `InputError` with a message that says what is wrong; calle
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -42,28 +42,83 @@ def _polygons_to_rle(polygons: list[Any], height: int, width: int) -> Rle:
   return mask_utils.merge(parts)
 
 
-def run_lengths(counts: str | bytes) -> np.ndarray:
-  """Decodes a compressed RLE `counts` string into its run lengths (0-runs and 1-runs alternating), int64 [R].
+def _first_of_segment(keys: np.ndarray) -> np.ndarray:
+  """For sorted keys [N]: the index of the first element with the same key, for every element, int64 [N]."""
+  is_first = np.ones(keys.size, bool)
+  is_first[1:] = keys[1:] != keys[:-1]
+  return np.maximum.accumulate(np.where(is_first, np.arange(keys.size), 0))
 
-  pycocotools decodes a string whose runs do not cover the image by reading past its buffer, so strings from
-  files are checked with this before they reach it. The format: each run is a little-endian sequence of 5-bit
-  chunks stored as chr(48 + chunk), bit 0x20 = "more chunks follow", bit 0x10 of the last chunk = negative;
-  from the fourth run on, a run is stored as the difference to the run two places before it.
+
+def _parse_counts(strings: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Run lengths of many compressed RLE `counts` strings at once (one string at a time costs ~15 NumPy calls).
+
+  The format (pycocotools' rleToString): each run is a little-endian sequence of 5-bit chunks stored as
+  chr(48 + chunk), bit 0x20 = "more chunks follow", bit 0x10 of a run's last chunk = negative; from the fourth
+  run of a string on, a run is stored as the difference to the run two places before it.
+  Returns runs int64 [R] (all strings' runs, 0-runs and 1-runs alternating), owner int64 [R] (index of the
+  string each run belongs to) and malformed bool [S].
   """
-  if isinstance(counts, str):
-    counts = counts.encode("ascii", errors="replace")
-  chunks = np.frombuffer(counts, np.uint8).astype(np.int64) - 48  # [C]
-  if chunks.size == 0 or chunks.min() < 0 or chunks.max() > 63 or chunks[-1] & 0x20:
-    raise InputError("compressed RLE counts are not a valid RLE string")
+  lengths = np.array([len(s) for s in strings], np.int64)  # [S]
+  chunks = np.frombuffer(b"".join(strings), np.uint8).astype(np.int64) - 48  # [C]
+  if chunks.size == 0:
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.ones(len(strings), bool)
+  chunk_owner = np.repeat(np.arange(len(strings)), lengths)  # [C]
+  malformed = lengths == 0
+  malformed |= np.bincount(chunk_owner, weights=(chunks < 0) | (chunks > 63), minlength=len(strings)) > 0
+  chunks = np.clip(chunks, 0, 63)
+  nonempty = lengths > 0
+  last_chunk = (np.cumsum(lengths) - 1)[nonempty]
   ends = (chunks & 0x20) == 0
+  malformed[nonempty] |= ~ends[last_chunk]
+  ends[last_chunk] = True  # a run never continues into the next string, even in a malformed one
   starts = np.concatenate([[True], ends[:-1]])
-  start_index = np.flatnonzero(starts)  # [R]
-  position = np.arange(chunks.size) - start_index[np.cumsum(starts) - 1]  # chunk's place within its run
-  runs = np.add.reduceat((chunks & 0x1F) << (5 * position), start_index)
-  runs -= np.where(chunks[ends] & 0x10, 1 << (5 * (position[ends] + 1)), 0)
-  runs[2::2] = np.cumsum(runs[2::2])
-  runs[1::2] = np.cumsum(runs[1::2])
+  run_start = np.flatnonzero(starts)  # [R]
+  position = np.arange(chunks.size) - run_start[np.cumsum(starts) - 1]  # chunk's place within its run
+  # Runs in valid files need at most 7 chunks; cap the shift so garbage cannot overflow int64.
+  malformed |= np.bincount(chunk_owner, weights=position > 11, minlength=len(strings)) > 0
+  position = np.minimum(position, 11)
+  values = np.add.reduceat((chunks & 0x1F) << (5 * position), run_start)  # [R]
+  values -= np.where(chunks[ends] & 0x10, 1 << (5 * (position[ends] + 1)), 0)
+  owner = chunk_owner[run_start]  # [R]
+  index_in_string = np.arange(owner.size) - _first_of_segment(owner)  # [R]
+  # Undo the differences with a cumulative sum along each string's odd runs and along its even runs from the
+  # third on (the first run stands alone); runs are ordered by string, so each chain is a contiguous segment
+  # of the odd (even) runs and one global cumulative sum per parity, restarted at each string, does it.
+  runs = values.copy()
+  for in_chain in (index_in_string % 2 == 1, (index_in_string % 2 == 0) & (index_in_string > 0)):
+    chain_values, chain_owner = values[in_chain], owner[in_chain]
+    totals = np.cumsum(chain_values)
+    first = _first_of_segment(chain_owner)  # where each run's string starts within this chain
+    runs[in_chain] = totals - totals[first] + chain_values[first]
+  return runs, owner, malformed
+
+
+def _as_bytes(counts: str | bytes) -> bytes:
+  if not counts.isascii():
+    raise InputError("compressed RLE counts are not a valid RLE string (non-ASCII characters)")
+  return counts.encode("ascii") if isinstance(counts, str) else counts
+
+
+def run_lengths(counts: str | bytes) -> np.ndarray:
+  """Decodes one compressed RLE `counts` string into its run lengths (0-runs, 1-runs alternating), int64 [R]."""
+  runs, _, malformed = _parse_counts([_as_bytes(counts)])
+  if malformed[0]:
+    raise InputError("compressed RLE counts are not a valid RLE string")
   return runs
+
+
+def measure_counts(counts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+  """Per compressed RLE string: (pixels its runs cover, -1 if malformed or a run is negative; foreground pixels).
+
+  pycocotools decodes a string whose runs do not cover exactly height*width pixels by walking off its buffer,
+  so every string read from a file is measured before it is used.
+  """
+  runs, owner, malformed = _parse_counts([_as_bytes(c) for c in counts])
+  index_in_string = np.arange(owner.size) - _first_of_segment(owner)
+  covered = np.bincount(owner, weights=runs, minlength=len(counts)).astype(np.int64)  # [S]
+  foreground = np.bincount(owner, weights=runs * (index_in_string % 2), minlength=len(counts)).astype(np.int64)
+  negative = np.bincount(owner, weights=runs < 0, minlength=len(counts)) > 0
+  return np.where(malformed | negative, -1, covered), foreground
 
 
 def _checked_run_lengths(counts: str | bytes, height: int, width: int) -> np.ndarray:
@@ -73,8 +128,8 @@ def _checked_run_lengths(counts: str | bytes, height: int, width: int) -> np.nda
   return runs
 
 
-def to_compressed_rle(segmentation: Any, height: int, width: int) -> Rle | None:
-  """Normalizes one frame's segmentation (any YouTube-VIS/COCO form, or None) to JSON-ready compressed RLE."""
+def _convert(segmentation: Any, height: int, width: int) -> Rle | None:
+  """Any segmentation form -> JSON-ready compressed RLE, checking everything but a compressed string's runs."""
   if segmentation is None:
     return None
   if isinstance(segmentation, list):
@@ -92,9 +147,51 @@ def to_compressed_rle(segmentation: Any, height: int, width: int) -> Rle | None:
       raise InputError(f"uncompressed RLE counts must be non-negative ints summing to {height}*{width}")
     return _json_ready(mask_utils.frPyObjects(segmentation, height, width))
   if isinstance(counts, (str, bytes)):
-    _checked_run_lengths(counts, height, width)
+    _as_bytes(counts)  # rejects non-ASCII before it is turned into str
     return _json_ready(segmentation)
   raise InputError(f"RLE `counts` must be a str, bytes or a list of ints, got {type(counts).__name__}")
+
+
+def to_compressed_rle(segmentation: Any, height: int, width: int) -> Rle | None:
+  """Normalizes one frame's segmentation (any YouTube-VIS/COCO form, or None) to JSON-ready compressed RLE."""
+  rle = _convert(segmentation, height, width)
+  if rle is not None:
+    _checked_run_lengths(rle["counts"], height, width)
+  return rle
+
+
+class FrameMaskError(InputError):
+  """A malformed segmentation in one frame of a track; `frame` is its index so callers can name the file."""
+
+  def __init__(self, frame: int, message: str):
+    super().__init__(message)
+    self.frame = frame
+
+
+def normalize_frames(segmentations: Sequence[Any], height: int, width: int
+                     ) -> tuple[list[Rle | None], list[int | None]]:
+  """A track's per-frame segmentations -> (compressed RLE or None, foreground area or None) per frame.
+
+  An empty mask becomes None: it means the same as null, the object is not visible in that frame.
+  Raises FrameMaskError naming the first bad frame.
+  """
+  rles = []
+  for frame, segmentation in enumerate(segmentations):
+    try:
+      rles.append(_convert(segmentation, height, width))
+    except InputError as e:
+      raise FrameMaskError(frame, str(e)) from e
+  present = [frame for frame, rle in enumerate(rles) if rle is not None]
+  covered, foreground = measure_counts([rles[frame]["counts"] for frame in present])
+  areas: list[int | None] = [None] * len(rles)
+  for frame, frame_covered, frame_area in zip(present, covered.tolist(), foreground.tolist()):
+    if frame_covered != height * width:
+      raise FrameMaskError(frame, f"compressed RLE counts do not cover the {height}x{width} mask")
+    if frame_area == 0:
+      rles[frame] = None
+    else:
+      areas[frame] = frame_area
+  return rles, areas
 
 
 def _for_pycocotools(rle: Rle) -> Rle:

@@ -174,15 +174,12 @@ def _parse_track(entry: Any, path: str, position: int, videos: dict[int, Video],
   given_bboxes = _per_frame_list(entry, "bboxes", video, where)
   given_areas = _per_frame_list(entry, "areas", video, where)
 
-  segmentations, bboxes, areas = [], [], []
-  for index, raw in enumerate(raw_segmentations):
-    try:
-      rle = masks.to_compressed_rle(raw, video.height, video.width)
-    except InputError as e:
-      raise InputError(f"{_frame_where(path, video, index)}, annotation {entry['id']}: {e}") from e
-    if rle is not None and masks.area(rle) == 0:
-      rle = None  # an empty mask means the same as null: the object is not visible in this frame
-    segmentations.append(rle)
+  try:
+    segmentations, mask_areas = masks.normalize_frames(raw_segmentations, video.height, video.width)
+  except masks.FrameMaskError as e:
+    raise InputError(f"{_frame_where(path, video, e.frame)}, annotation {entry['id']}: {e}") from e
+  bboxes, areas = [], []
+  for index, (rle, mask_area) in enumerate(zip(segmentations, mask_areas)):
     if rle is None:
       bboxes.append(None)
       areas.append(None)
@@ -196,7 +193,7 @@ def _parse_track(entry: Any, path: str, position: int, videos: dict[int, Video],
       raise InputError(f"{_frame_where(path, video, index)}, annotation {entry['id']}: "
                        f"an area must be a number, got {area!r}")
     bboxes.append([float(v) for v in bbox] if bbox is not None else masks.bbox(rle))
-    areas.append(float(area) if area is not None else float(masks.area(rle)))
+    areas.append(float(area) if area is not None else float(mask_area))
   return Track(id=entry["id"], video_id=video.id, category_id=entry["category_id"],
                segmentations=tuple(segmentations), bboxes=tuple(bboxes), areas=tuple(areas),
                iscrowd=bool(entry.get("iscrowd", 0)))

@@ -92,3 +92,35 @@ def test_run_lengths_match_the_mask():
 def test_malformed_segmentations_raise(segmentation, message):
   with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
     masks.to_compressed_rle(segmentation, H, W)
+
+
+def test_measuring_many_strings_matches_one_at_a_time():
+  rng = np.random.default_rng(1)
+  strings, expected = [], []
+  for _ in range(40):
+    height, width = rng.integers(1, 30, 2)
+    mask = (rng.random((height, width)) < rng.random()).astype(np.uint8)
+    strings.append(masks.encode(mask)["counts"])
+    expected.append((height * width, int(mask.sum())))
+  # Malformed strings in between must not disturb their neighbours.
+  bad = ["", "\x01", "zz", "7" + "\x7f"]
+  covered, foreground = masks.measure_counts(strings[:20] + bad + strings[20:] + ["7"])
+  assert covered[20:24].tolist() == [-1, -1, -1, -1]
+  good = np.concatenate([np.arange(20), np.arange(24, 44)])
+  assert list(zip(covered[good].tolist(), foreground[good].tolist())) == expected
+  assert (covered[-1], foreground[-1]) == (7, 0)  # "7": one background run of 7 pixels
+  assert masks.measure_counts([])[0].shape == (0,)
+
+
+def test_normalize_frames_names_the_bad_frame_and_drops_empty_masks():
+  full, empty = masks.encode(_rectangle_mask()), masks.encode(np.zeros((H, W)))
+  rles, areas = masks.normalize_frames([None, full, empty, _uncompressed_rle(_rectangle_mask())], H, W)
+  assert rles[0] is None and rles[2] is None and areas == [None, 48, None, 48]
+  assert rles[1] == full and rles[3] == full
+  for frame, bad in ((2, {"size": [H, W], "counts": "0"}), (1, {"size": [H, W], "counts": "é"}),
+                     (3, {"size": [H, 3], "counts": full["counts"]})):
+    segmentations = [full, full, full, full]
+    segmentations[frame] = bad
+    with pytest.raises(masks.FrameMaskError) as info:
+      masks.normalize_frames(segmentations, H, W)
+    assert info.value.frame == frame
