@@ -308,7 +308,8 @@ def multi_scale_roi_align(
     image_hw: static (H, W) of the network input, used to infer each level's scale.
     output_size, sampling_ratio, aligned: as roi_align.
     canonical_scale, canonical_level, level_rule: the level mapper (see map_levels).
-    max_sampling_grid: cap of the adaptive grid; default covers every RoI inside the finest map.
+    max_sampling_grid: cap of the adaptive grid; the default covers every RoI inside the coarsest map (the
+      level mapper sends big RoIs there, so only long thin RoIs on fine levels can exceed it).
 
   Returns:
     [R, pooled_h, pooled_w, C].
@@ -317,7 +318,7 @@ def multi_scale_roi_align(
   shapes = [f.shape for f in features]
   scales = infer_scales([(s[1], s[2]) for s in shapes], image_hw)
   if max_sampling_grid is None:
-    max_sampling_grid = default_sampling_cap(shapes[0][1], shapes[0][2], output_size)
+    max_sampling_grid = default_sampling_cap(shapes[-1][1], shapes[-1][2], output_size)
   table = jnp.concatenate([f.reshape(-1, f.shape[-1]) for f in features], axis=0)  # [T, C]
   if len(features) == 1:
     level = jnp.zeros(boxes.shape[:1], jnp.int32)
