@@ -19,6 +19,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from absl import flags
 import grain.python as grain
 import jax
 import numpy as np
@@ -235,6 +236,9 @@ def make_train_loader(
   source = ClipIndex(dataset_dir, split)
   if len(source) == 0:
     raise InputError(f"{dataset_dir} ({split}): the split has no frames")
+  if worker_count and not flags.FLAGS.is_parsed():
+    # grain's worker processes read grain's absl flags; outside an absl app nobody parsed them: use defaults.
+    flags.FLAGS.mark_as_parsed()
   shard_options = grain.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=False)
   sampler = grain.IndexSampler(
       num_records=len(source), shard_options=shard_options, shuffle=True, num_epochs=num_epochs, seed=seed

@@ -128,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--split", default="train", help="split name, e.g. train or valid")
   args = parser.parse_args(argv)
   if is_prepared(args.data_dir, args.name, args.split):
-    print(f"{tfds_builder.prepared_dir(args.data_dir, args.name)}: split {args.split!r} is already prepared, reusing it")
+    target = tfds_builder.prepared_dir(args.data_dir, args.name)
+    print(f"{target}: split {args.split!r} is already prepared, reusing it")
     return
   target = ensure_prepared(
       args.data_dir, args.name, args.split, images_dir=args.images, annotation_file=args.annotations

@@ -138,7 +138,8 @@ def video_from_folder(folder: str | os.PathLike[str]) -> VideoFrames:
   folder = Path(folder)
   if not folder.is_dir():
     raise InputError(f"{folder}: not a folder of frames")
-  files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: _natural_key(p.name))
+  files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+  files.sort(key=lambda p: _natural_key(p.name))
   if not files:
     raise InputError(f"{folder}: the video is empty (no {', '.join(IMAGE_SUFFIXES)} files)")
   try:
