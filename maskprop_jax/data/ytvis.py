@@ -126,10 +126,9 @@ def _parse_video(entry: Any, path: str, position: int) -> Video:
   file_names = entry["file_names"]
   if not isinstance(file_names, list) or not all(isinstance(name, str) for name in file_names):
     raise InputError(f"{where}: `file_names` must be a list of strings")
-  if file_names:
-    where = f"{where} ({os.path.dirname(file_names[0])!r})"
   if not file_names:
     raise InputError(f"{where}: the video has no frames (`file_names` is empty)")
+  where = f"{where} ({os.path.dirname(file_names[0])!r})"
   if "length" in entry and entry["length"] != len(file_names):
     raise InputError(f"{where}: `length` is {entry['length']} but `file_names` lists {len(file_names)} frames")
   for key in ("width", "height"):
@@ -209,11 +208,14 @@ def _unique_by_id(items: list[Any], kind: str, path: str) -> dict[int, Any]:
 
 
 def default_image_dir(annotation_file: str) -> str | None:
-  """Where the frames usually are: `train/JPEGImages` beside `train.json` (2019), or beside
-  `train/instances.json` (2021); None when neither exists."""
+  """Where the frames usually are: `train/JPEGImages` beside `train.json` (YouTube-VIS 2019), `JPEGImages`
+  beside `train/instances.json` (2021), `train/` beside `annotations_train.json` (OVIS); None if none exists."""
   folder = os.path.dirname(os.path.abspath(annotation_file))
   stem = os.path.splitext(os.path.basename(annotation_file))[0]
-  for candidate in (os.path.join(folder, stem, "JPEGImages"), os.path.join(folder, "JPEGImages")):
+  candidates = [os.path.join(folder, stem, "JPEGImages"), os.path.join(folder, "JPEGImages")]
+  if stem.startswith("annotations_"):
+    candidates.append(os.path.join(folder, stem[len("annotations_"):]))
+  for candidate in candidates:
     if os.path.isdir(candidate):
       return candidate
   return None

@@ -218,3 +218,14 @@ def test_cli_summary_and_error(tmp_path, capsys):
   assert info.value.code == 2
   err = capsys.readouterr().err
   assert "broken.json: malformed JSON" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("annotation_file, image_dir", [
+    ("train.json", "train/JPEGImages"),  # YouTube-VIS 2019
+    ("train/instances.json", "train/JPEGImages"),  # YouTube-VIS 2021
+    ("annotations_train.json", "train"),  # OVIS
+])
+def test_default_image_dir_of_each_layout(tmp_path, annotation_file, image_dir):
+  (tmp_path / image_dir).mkdir(parents=True)
+  assert ytvis.default_image_dir(str(tmp_path / annotation_file)) == str(tmp_path / image_dir)
+  assert ytvis.default_image_dir(str(tmp_path / "elsewhere" / "x.json")) is None
