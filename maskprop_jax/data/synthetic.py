@@ -271,7 +271,8 @@ def generate_dataset(out_dir: str | os.PathLike[str], train_videos: int, val_vid
   _check_arguments(train_videos, val_videos, height, width, min_frames, max_frames)
   out_dir = os.path.abspath(os.fspath(out_dir))
   if os.path.isfile(out_dir) or (os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite):
-    raise InputError(f"{out_dir}: already exists and is not an empty folder (--overwrite, or overwrite=True, replaces it)")
+    raise InputError(f"{out_dir}: already exists and is not an empty folder "
+                     "(--overwrite, or overwrite=True, replaces it)")
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
