@@ -4,8 +4,10 @@ One example is a clip: the center frame, K reference frames drawn within +-T of 
 in those frames, laid out in `max_instances` slots. Examples are enumerated from the metadata (one per frame of
 every video), shuffled and sharded by grain's IndexSampler, and built by a RandomMapTransform whose generator
 grain seeds from (seed, global example index): an example depends only on the seed and its position in the
-endless shuffled stream, whatever the worker count. The iterator's state (grain JSON) restores a run exactly;
-save it with orbax through `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`.
+endless shuffled stream. How examples group into batches also depends on `worker_count` (each grain worker
+batches the examples it builds), so a run resumes with the worker count it was saved with (grain refuses
+another). The iterator's state (grain JSON) restores a run exactly; with orbax, save and restore it as an item
+`grain.python.PyGrainCheckpointSave(iterator)` / `PyGrainCheckpointRestore(iterator)` of a Composite.
 
 Batch format (numpy, B = per-process batch, F = 1 + K, index 0 = center frame, M = max_instances):
   frames uint8 [B, F, H, W, 3], frame_offsets int32 [B, F], image_hw int32 [B, 2], track_ids int32 [B, M],

@@ -146,6 +146,20 @@ def test_restored_iterator_continues_with_the_same_examples(data):
   assert all(_same(a, b) for a, b in zip(expected, [next(restored) for _ in range(3)]))
 
 
+def test_orbax_checkpoint_manager_saves_and_restores_the_iterator(data, tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  iterator = _iterator(data[0], seed=8)
+  next(iterator)
+  with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
+    manager.save(1, args=ocp.args.Composite(data=grain.PyGrainCheckpointSave(iterator)))
+    manager.wait_until_finished()
+  expected = [next(iterator) for _ in range(2)]
+  restored = _iterator(data[0], seed=8)
+  with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
+    manager.restore(1, args=ocp.args.Composite(data=grain.PyGrainCheckpointRestore(restored)))
+  assert all(_same(a, b) for a, b in zip(expected, [next(restored) for _ in range(2)]))
+
+
 def test_the_seed_decides_the_stream(data):
   assert _same(next(_iterator(data[0], seed=11)), next(_iterator(data[0], seed=11)))
   assert not _same(next(_iterator(data[0], seed=11)), next(_iterator(data[0], seed=12)))
