@@ -62,8 +62,10 @@ def evaluate_tracks(ground_truth: GroundTruth, predictions: list[Track],
   precision, recall = accumulate(matches)
   stats: dict[str, Any] = summarize(precision, recall)
   if per_category:
-    names = [ground_truth.categories[c] for c in category_ids]
-    stats["per_category_AP"] = dict(zip(names, per_category_ap(precision).tolist()))
+    names = list(ground_truth.categories.values())
+    # Keyed by name; a name that several categories share gets their ids appended.
+    keys = [n if names.count(n) == 1 else f"{n} (id {c})" for c, n in ground_truth.categories.items()]
+    stats["per_category_AP"] = dict(zip(keys, per_category_ap(precision).tolist()))
   return stats
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 
 from maskprop_jax.errors import report_input_errors
 from maskprop_jax.evaluation import evaluate_tracks, load_ground_truth, load_results, write_results
+from maskprop_jax.evaluation.results import write_atomically
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,18 +35,11 @@ def main(argv: list[str] | None = None) -> None:
   stats = evaluate_tracks(ground_truth, predictions, per_category=args.per_category)
   text = json.dumps(stats)
   if args.output:
-    _write_text_atomically(args.output, text + "\n")
+    write_atomically(args.output, (text + "\n").encode())
   if args.zip:
     write_results([{"video_id": t.video_id, "category_id": t.category_id, "score": t.score,
                     "segmentations": t.rles} for t in predictions], args.zip, ground_truth.videos)
   print(text)
-
-
-def _write_text_atomically(path: str, text: str) -> None:
-  fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp_path, path)
 
 
 if __name__ == "__main__":

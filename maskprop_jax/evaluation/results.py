@@ -2,11 +2,14 @@
 
 A results file is a JSON list of `{"video_id", "category_id", "score", "segmentations"}` with one compressed RLE
 (or null) per frame of the video. The YouTube-VIS servers take it zipped as `results.json` at the zip root.
+Reading is stricter than the official evaluator, which silently drops predictions of categories absent from the
+ground truth and stops on an assertion for unknown videos: both are errors here that name the prediction.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -107,33 +110,42 @@ def results_entries(tracks: Iterable[PredictedTrack | Mapping[str, Any]],
 
 def write_results(tracks: Iterable[PredictedTrack | Mapping[str, Any]], path: str | os.PathLike,
                   videos: Mapping[int, Video] | None = None) -> None:
-  """Writes the submission JSON, or, for a path ending in .zip, the zip the YouTube-VIS servers expect.
-
-  The file appears complete or not at all (written next to it, then renamed).
-  """
+  """Writes the submission JSON, or, for a path ending in .zip, the zip the YouTube-VIS servers expect."""
   payload = json.dumps(results_entries(tracks, videos), separators=(",", ":")).encode("ascii")
   path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  if path.endswith(".zip"):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+      archive.writestr(RESULTS_NAME_IN_ZIP, payload)
+    payload = buffer.getvalue()
+  write_atomically(path, payload)
+
+
+def write_atomically(path: str | os.PathLike, payload: bytes) -> None:
+  """The file appears complete or not at all: written next to its destination, then renamed over it."""
+  path = os.fspath(path)
+  try:
+    fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+  except OSError as e:
+    raise InputError(f"{path}: cannot write here ({e.strerror})") from None
   try:
     with os.fdopen(fd, "wb") as f:
-      if path.endswith(".zip"):
-        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-          archive.writestr(RESULTS_NAME_IN_ZIP, payload)
-      else:
-        f.write(payload)
+      f.write(payload)
     os.replace(tmp_path, path)
   except BaseException:
     os.unlink(tmp_path)
     raise
 
 
+def _field(track: PredictedTrack | Mapping[str, Any], key: str) -> Any:
+  return track.get(key) if isinstance(track, Mapping) else getattr(track, key, None)
+
+
 def _track_fields(track: PredictedTrack | Mapping[str, Any], index: int) -> dict[str, Any]:
-  get = track.get if isinstance(track, Mapping) else lambda key, default=None: getattr(track, key, default)
-  masks = get("masks", None)
+  masks = _field(track, "masks")
   if masks is None:
-    masks = get("segmentations", None)
-  video_id, category_id, score = get("video_id"), get("category_id"), get("score")
+    masks = _field(track, "segmentations")
+  video_id, category_id, score = (_field(track, key) for key in ("video_id", "category_id", "score"))
   where = f"track {index} (video {video_id!r})"
   if masks is None or isinstance(masks, (str, bytes, Mapping)) or getattr(masks, "ndim", 3) != 3:
     raise InputError(f"{where} needs 'masks' (or 'segmentations'): one mask, RLE or None per frame")
@@ -161,8 +173,8 @@ def _frame_rle(mask: np.ndarray | Mapping[str, Any] | None, video: Video | None,
                      f"{mask.shape} (threshold soft masks first)")
   if video is not None and mask.shape != (video.height, video.width):
     raise InputError(f"{where}: mask shape {mask.shape} does not match the video's {video.height}x{video.width}")
-  if mask.dtype != bool and mask.size and mask.max() > 1:
-    raise InputError(f"{where}: mask values must be 0 or 1, found {mask.max()}")
+  if mask.dtype != bool and mask.size and (mask.min() < 0 or mask.max() > 1):
+    raise InputError(f"{where}: mask values must be 0 or 1, found {mask.min()}..{mask.max()}")
   if not mask.any():
     return None
   return rle_lib.encode_mask(mask)

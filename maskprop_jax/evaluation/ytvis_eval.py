@@ -5,6 +5,10 @@ over video tracks), reproduced to the last bit: ties in score keep file order (s
 ground truths the later one wins, crowd ground truth is ignored but may absorb any number of predictions, and
 predictions matched to nothing are ignored when their own size falls outside the area range. Arrays are laid out
 as there ([T, R, K, A, M] precision) so that the summary means add the same numbers in the same order.
+
+One deliberate difference: the official evaluator records a match as the ground truth's annotation id, so a
+ground-truth annotation with id 0 counts as unmatched there; here a match is a boolean and 0 is an id like any
+other.
 """
 
 from __future__ import annotations

@@ -52,3 +52,11 @@ def test_imports_neither_jax_nor_tensorflow():
   run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert run.returncode == 0, run.stderr
   assert run.stdout.strip() == "[]"
+
+
+def test_unwritable_output_is_reported(files):
+  directory, _, _ = files
+  run = _run("--annotations", directory / "gt.json", "--results", directory / "results.json",
+             "--output", directory / "missing" / "metrics.json")
+  assert run.returncode == 2
+  assert "missing/metrics.json: cannot write here" in run.stderr and "Traceback" not in run.stderr
