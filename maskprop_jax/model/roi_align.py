@@ -204,12 +204,17 @@ def roi_align_matrices(
     sampling_ratio: int = -1,
     aligned: bool = False,
     max_sampling_grid: int | None = None,
+    valid_hw: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """RoIAlign as two dense 1-D operators: out[r] = row_op[r] @ map @ col_op[r].T / count[r].
 
   Bilinear sampling is separable and torchvision's grid is a product grid, so this is exact; it suits
   single-channel maps pooled with large adaptive grids (ground-truth masks), where gathering every sample of
   every bin would be far bigger than the [R, P, H] and [R, Q, W] operators.
+
+  map_hw is the static (padded) map size; valid_hw [R, 2], when given, is the true size of each RoI's map
+  inside it: roi_align then treats that size as the map's edge (clamping and zeroing samples there), as it
+  would on the unpadded map.
 
   Returns row_op [R, P, H], col_op [R, Q, W] (float32) and count [R].
   """
@@ -223,13 +228,17 @@ def roi_align_matrices(
       boxes, jnp.full((num_rois,), spatial_scale, jnp.float32), output_size, sampling_ratio, aligned,
       max_sampling_grid)
 
-  def dense(start, length, grid, pooled, extent):
-    index, weight = axis_samples(start, length, pooled, grid, max_grid, jnp.full((num_rois,), extent, jnp.int32))
-    hits = index[..., None] == jnp.arange(extent)  # [R, P, A, extent]
-    return jnp.sum(jnp.where(hits, weight[..., None], 0.0), axis=2)  # [R, P, extent]
+  if valid_hw is None:
+    valid_hw = jnp.broadcast_to(jnp.asarray([height, width], jnp.int32), (num_rois, 2))
+  valid_hw = jnp.asarray(valid_hw, jnp.int32)
 
-  row_op = dense(y_start, y_len, y_grid, output_size[0], height)
-  col_op = dense(x_start, x_len, x_grid, output_size[1], width)
+  def dense(start, length, grid, pooled, size, valid_size):
+    index, weight = axis_samples(start, length, pooled, grid, max_grid, valid_size)
+    hits = index[..., None] == jnp.arange(size)  # [R, P, A, size]
+    return jnp.sum(jnp.where(hits, weight[..., None], 0.0), axis=2)  # [R, P, size]
+
+  row_op = dense(y_start, y_len, y_grid, output_size[0], height, valid_hw[:, 0])
+  col_op = dense(x_start, x_len, x_grid, output_size[1], width, valid_hw[:, 1])
   return row_op, col_op, count
 
 
@@ -242,14 +251,16 @@ def roi_align_single_channel(
     sampling_ratio: int = -1,
     aligned: bool = False,
     max_sampling_grid: int | None = None,
+    valid_hw: jax.Array | None = None,
 ) -> jax.Array:
   """roi_align of single-channel maps through the separable operators (see roi_align_matrices).
 
-  maps: [G, H, W] (any numeric dtype); boxes: [R, 4]; map_index: [R] int map of each RoI.
+  maps: [G, H, W] (any numeric dtype); boxes: [R, 4]; map_index: [R] int map of each RoI; valid_hw: optional
+  [R, 2] true size of each RoI's map inside the padded [H, W].
   Returns [R, pooled_h, pooled_w] float32.
   """
   row_op, col_op, count = roi_align_matrices(
-      boxes, maps.shape[1:], output_size, spatial_scale, sampling_ratio, aligned, max_sampling_grid)
+      boxes, maps.shape[1:], output_size, spatial_scale, sampling_ratio, aligned, max_sampling_grid, valid_hw)
   selected = maps[map_index].astype(jnp.float32)  # [R, H, W]
   pooled = jnp.einsum("rph,rhw,rqw->rpq", row_op, selected, col_op, precision=jax.lax.Precision.HIGHEST)
   return pooled / count[:, None, None]
