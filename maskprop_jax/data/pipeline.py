@@ -133,7 +133,7 @@ def _clip_masks(
             f"{_video_label(record)}, frame {_frame_name(record, frame)}: bad mask of track "
             f"{int(tracks['id'][n])}: {e}"
         ) from e
-  return out, out.reshape(num_tracks, len(frame_indices), -1).any(axis=-1)
+  return out, out.any(axis=(2, 3))
 
 
 def order_slots(track_ids: np.ndarray, present: np.ndarray, max_instances: int) -> np.ndarray:

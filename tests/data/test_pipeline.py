@@ -14,6 +14,7 @@ from maskprop_jax.data import masks
 from maskprop_jax.data import pipeline
 from maskprop_jax.data import prepare
 from maskprop_jax.data import synthetic
+from maskprop_jax.data import tfds_builder
 
 IMAGE_HW = (40, 48)
 SETTINGS = dict(image_hw=IMAGE_HW, max_instances=3, num_ref_frames=2, max_ref_offset=2, scale_range=(20, 36),
@@ -187,3 +188,12 @@ def test_slots_put_center_tracks_first_and_drop_the_rest():
 def test_resized_size_keeps_the_aspect_ratio_inside_the_canvas():
   assert augment.resized_size((720, 1280), 360, (400, 600)) == (338, 600)
   assert augment.resized_size((720, 1280), 360, (800, 1333)) == (360, 640)
+
+
+def test_a_clip_without_tracks_is_all_padding(data):
+  record = dict(tfds_builder.open_records(tfds_builder.prepared_dir(data[0], "synthetic"), "train")[0])
+  record["tracks"] = {key: [] for key in record["tracks"]}
+  spec = pipeline.ClipSpec(IMAGE_HW, 3, 2, 2, (20, 36), True)
+  clip = pipeline.make_clip(record, 1, np.random.default_rng(0), spec)
+  assert (clip["track_ids"] == -1).all() and not clip["present"].any() and not clip["masks"].any()
+  assert clip["frames"].shape == (3, *IMAGE_HW, 3) and clip["frames"].any()
