@@ -39,11 +39,18 @@ from maskprop_jax.kernels.pallas_contract import IntOrPair, static_conv_args as 
 class Tiling:
   """Program tile sizes; all powers of two and >= 16 so that `plgpu.dot` lowers to tensor-core MMA."""
   block_p: int = 64
-  block_o: int = 64
+  block_o: int = 128
   block_c: int = 32
-  block_i: int = 2  # instances per program in the masked form
+  block_i: int = 1  # instances per program in the masked form
   num_warps: int = 4
   num_stages: int = 2
+
+
+# Untuned starting points (no GPU was available to tune them). Every output-channel block redoes the
+# gathers, hence a wide block_o; the masked form trades positions for instances so that each gather is
+# shared by more instances at the same accumulator size.
+PLAIN_TILING = Tiling()
+MASKED_TILING = Tiling(block_p=32, block_i=4)
 
 
 def _next_power_of_2(n: int) -> int:
@@ -76,15 +83,16 @@ def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, block_p: 
 
   positions = pl.program_id(2) * block_p + jnp.arange(block_p, dtype=jnp.int32)  # [block_p]
   position_valid = positions < geometry.out_h * geometry.out_w
-  out_row = (positions // geometry.out_w).astype(jnp.float32)
-  out_col = (positions % geometry.out_w).astype(jnp.float32)
+  # lax.div / lax.rem: the operands are non-negative, so C division is floor division without jnp's fix-ups.
+  out_row = jax.lax.div(positions, geometry.out_w).astype(jnp.float32)
+  out_col = jax.lax.rem(positions, geometry.out_w).astype(jnp.float32)
   channel_lanes = jnp.arange(block_c, dtype=jnp.int32)
   instance_rows = jnp.arange(block_i, dtype=jnp.int32)
 
   def tap_corners(group, tap):
     """Flat pixel index [block_p] and blend weight [block_i, block_p] of the four corners of one tap."""
-    tap_row = (tap // geometry.kernel_w).astype(jnp.float32)
-    tap_col = (tap % geometry.kernel_w).astype(jnp.float32)
+    tap_row = jax.lax.div(tap, geometry.kernel_w).astype(jnp.float32)
+    tap_col = jax.lax.rem(tap, geometry.kernel_w).astype(jnp.float32)
     y = out_row * stride_h - pad_h + tap_row * dilation_h + offsets_ref[group, tap, 0, :]
     x = out_col * stride_w - pad_w + tap_col * dilation_w + offsets_ref[group, tap, 1, :]
     sample_scale = jnp.where(position_valid, 1.0, 0.0)
@@ -197,7 +205,7 @@ def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding,
 
 def deform_conv2d_fwd(x: jax.Array, offsets: jax.Array, mask: jax.Array | None, weight: jax.Array, *,
                       stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair, offset_groups: int,
-                      interpret: bool = False, tiling: Tiling = Tiling()) -> jax.Array:
+                      interpret: bool = False, tiling: Tiling = PLAIN_TILING) -> jax.Array:
   """Deformable convolution forward on an NVIDIA GPU (or Pallas interpret mode): returns [N, Ho, Wo, O].
 
   x [N, H, W, C]; offsets [N, Ho, Wo, G, kh*kw, 2] as (dy, dx); mask [N, Ho, Wo, G, kh*kw] or None;
@@ -211,7 +219,7 @@ def deform_conv2d_fwd(x: jax.Array, offsets: jax.Array, mask: jax.Array | None, 
 def masked_deform_conv2d_fwd(x: jax.Array, instance_masks: jax.Array, offsets: jax.Array,
                              mask: jax.Array | None, weight: jax.Array, *, stride: IntOrPair,
                              padding: IntOrPair, dilation: IntOrPair, offset_groups: int,
-                             interpret: bool = False, tiling: Tiling = Tiling()) -> jax.Array:
+                             interpret: bool = False, tiling: Tiling = MASKED_TILING) -> jax.Array:
   """DCN(M_i * x) for the I instance masks [N, I, H, W] of a frame, shared offsets: returns [N, I, Ho, Wo, O].
 
   Exact: every bilinear corner of x is scaled by the instance mask's value at that same corner.

@@ -191,7 +191,8 @@ def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding,
   x_padded = _zero_pad_image(x, halo, (padded_h, padded_w))
 
   operands = [x_padded]
-  in_specs = [pl.BlockSpec((None, pl.Element(halo.halo_r), pl.Element(halo.halo_w), geometry.channels),
+  # Mosaic wants every non-squeezed dim of an element-indexed block to be an Element, channels included.
+  in_specs = [pl.BlockSpec((None, pl.Element(halo.halo_r), pl.Element(halo.halo_w), pl.Element(geometry.channels)),
                            lambda b, t, u: (b, t * halo.block_r * stride[0], u * halo.block_w * stride[1], 0))]
   if instance_masks is not None:
     operands.append(_instance_halos(instance_masks, halo, (padded_h, padded_w), geometry.stride))

@@ -79,3 +79,21 @@ def test_public_api_runs_this_kernel_and_gradients_flow():
   for grad, xla_grad in zip(grads, xla_grads):
     assert float(jnp.max(jnp.abs(grad))) > 0
     assert relative_error(grad, xla_grad) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["fp32", "bf16"])
+def test_lowers_to_a_triton_kernel_for_cuda(dtype):
+  # Cross-platform lowering runs the Pallas -> Triton IR lowering without a GPU: this is what catches
+  # primitives or shapes that interpret mode accepts but Triton does not.
+  n, h, w, c, o, groups, instances = 2, 12, 20, 64, 64, 2, 5
+  spec = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
+  conv = dict(stride=1, padding=1, dilation=1, offset_groups=groups)
+  plain = jax.jit(lambda x, offsets, mask, weight: pallas_gpu.deform_conv2d_fwd(x, offsets, mask, weight, **conv))
+  masked = jax.jit(lambda x, instance_masks, offsets, weight: pallas_gpu.masked_deform_conv2d_fwd(
+      x, instance_masks, offsets, None, weight, **conv))
+  lowered = [
+      plain.trace(spec(n, h, w, c), spec(n, h, w, groups, 9, 2), spec(n, h, w, groups, 9), spec(3, 3, c, o)),
+      masked.trace(spec(n, h, w, c), spec(n, instances, h, w), spec(n, h, w, groups, 9, 2), spec(3, 3, c, o)),
+  ]
+  for traced in lowered:
+    assert "xla.gpu.triton" in traced.lower(lowering_platforms=("cuda",)).as_text()

@@ -87,3 +87,21 @@ def test_public_api_runs_this_kernel_and_gradients_flow():
   for grad, xla_grad in zip(grads, xla_grads):
     assert float(jnp.max(jnp.abs(grad))) > 0
     assert relative_error(grad, xla_grad) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["fp32", "bf16"])
+def test_lowers_to_a_mosaic_kernel_for_tpu(dtype):
+  # Cross-platform lowering runs the Pallas -> Mosaic lowering without a TPU (block specs, element
+  # windows, primitives); Mosaic's layout passes only run when a TPU compiles the kernel.
+  n, h, w, c, o, groups, instances = 2, 12, 20, 64, 64, 2, 5
+  spec = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
+  conv = dict(stride=1, padding=1, dilation=1, offset_groups=groups, max_offset=4)
+  plain = jax.jit(lambda x, offsets, mask, weight: pallas_tpu.deform_conv2d_fwd(x, offsets, mask, weight, **conv))
+  masked = jax.jit(lambda x, instance_masks, offsets, weight: pallas_tpu.masked_deform_conv2d_fwd(
+      x, instance_masks, offsets, None, weight, **conv))
+  lowered = [
+      plain.trace(spec(n, h, w, c), spec(n, h, w, groups, 9, 2), spec(n, h, w, groups, 9), spec(3, 3, c, o)),
+      masked.trace(spec(n, h, w, c), spec(n, instances, h, w), spec(n, h, w, groups, 9, 2), spec(3, 3, c, o)),
+  ]
+  for traced in lowered:
+    assert "tpu_custom_call" in traced.lower(lowering_platforms=("tpu",)).as_text()
