@@ -49,7 +49,11 @@ def evaluate_tracks(ground_truth: GroundTruth, predictions: list[Track],
     gts, preds = gt_by_video.get(video_id, []), pred_by_video.get(video_id, [])
     if not gts and not preds:
       continue
-    ious = video_iou(preds, gts)  # [D, G], all categories; only same-category blocks are used
+    # [D, G]; only same-category blocks are used, so predictions of categories without ground truth here skip it.
+    ious = np.zeros([len(preds), len(gts)])
+    gt_categories = {t.category_id for t in gts}
+    with_gt = [i for i, t in enumerate(preds) if t.category_id in gt_categories]
+    ious[with_gt] = video_iou([preds[i] for i in with_gt], gts)
     for category_id in sorted({t.category_id for t in gts} | {t.category_id for t in preds}):
       g = [i for i, t in enumerate(gts) if t.category_id == category_id]
       p = [i for i, t in enumerate(preds) if t.category_id == category_id]

@@ -105,8 +105,7 @@ def _read_tracks(entries: list[Any], videos: dict[int, Video], categories: dict[
     segmentations = ann.get("segmentations")
     if not isinstance(segmentations, list) or len(segmentations) != video.length:
       raise InputError(f"{where}: 'segmentations' must list one entry per frame ({video.length})")
-    rles = [rle_lib.to_compressed(s, video.height, video.width, f"{where}, frame {f}")
-            for f, s in enumerate(segmentations)]
+    rles = rle_lib.track_to_compressed(segmentations, video.height, video.width, where)
     parsed.append((ann, video, rles, where))
   tracks = []
   for (ann, video, rles, where), areas in zip(parsed, frame_areas([p[2] for p in parsed])):

@@ -63,8 +63,7 @@ def load_results(results: str | os.PathLike | list[Any], ground_truth: GroundTru
       got = len(segmentations) if isinstance(segmentations, list) else type(segmentations).__name__
       raise InputError(f"{where}: 'segmentations' must list one RLE or null per frame of the video "
                        f"({video.length}), got {got}")
-    rles = [rle_lib.to_compressed(s, video.height, video.width, f"{where}, frame {f}")
-            for f, s in enumerate(segmentations)]
+    rles = rle_lib.track_to_compressed(segmentations, video.height, video.width, where)
     parsed.append((video.id, category_id, float(score), rles))
   tracks = []
   for i, ((video_id, category_id, score, rles), areas) in enumerate(

@@ -69,6 +69,27 @@ def to_compressed(segmentation: Any, height: int, width: int, where: str) -> dic
   return {"size": [height, width], "counts": counts}
 
 
+def track_to_compressed(segmentations: list[Any], height: int, width: int, where: str) -> list[dict[str, Any] | None]:
+  """`to_compressed` for every frame of a track. The common case, compressed RLE of the right size, is checked
+  with one pass over the track's joined counts instead of one per frame."""
+  size = [height, width]
+  out: list[dict[str, Any] | None] = []
+  quick: list[str] = []
+  for f, segmentation in enumerate(segmentations):
+    counts = segmentation.get("counts") if isinstance(segmentation, dict) else None
+    if type(counts) is str and segmentation.get("size") == size and counts and counts[-1] in _LAST_COUNT_CHARS:
+      out.append({"size": size, "counts": counts})
+      quick.append(counts)
+    else:
+      out.append(to_compressed(segmentation, height, width, f"{where}, frame {f}"))
+  joined = "".join(quick)
+  if not joined.isascii() or joined.encode("ascii").translate(None, _COUNT_CHARS):
+    for f, rle in enumerate(out):  # find the frame to name
+      if rle is not None:
+        check_compressed_counts(rle["counts"], f"{where}, frame {f}")
+  return out
+
+
 def check_compressed_counts(counts: str, where: str) -> None:
   """Raises InputError unless `counts` is a complete compressed-RLE string (safe for pycocotools to decode)."""
   if not counts or counts[-1] not in _LAST_COUNT_CHARS:

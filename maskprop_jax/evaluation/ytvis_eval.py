@@ -54,7 +54,7 @@ def match_video_category(ious: np.ndarray, scores: np.ndarray, pred_avg_area: np
   gt_taken = np.zeros([num_areas, num_thresholds, num_gt], bool)
   matched = np.zeros([num_areas, num_thresholds, num_pred], bool)
   matched_ignored_gt = np.zeros([num_areas, num_thresholds, num_pred], bool)
-  if num_gt:
+  if num_gt and num_pred:
     area_index, threshold_index = np.indices([num_areas, num_thresholds])
     for d in range(num_pred):
       # Candidates clear the threshold and are free (a crowd track stays free). Regular ground truth is tried
