@@ -26,8 +26,8 @@ def pairwise_intersection(boxes1: jnp.ndarray, boxes2: jnp.ndarray) -> jnp.ndarr
 def box_iou(boxes1: jnp.ndarray, boxes2: jnp.ndarray) -> jnp.ndarray:
   """Intersection over union of every pair: [..., N, 4] x [..., M, 4] -> [..., N, M].
 
-  Same arithmetic as torchvision.ops.box_iou, so values agree bit for bit on float32 input; two empty boxes give
-  NaN (0 / 0) there and here.
+  Same arithmetic as torchvision.ops.box_iou (bit for bit when run eagerly; under jit XLA may fuse a multiply-add);
+  two empty boxes give NaN (0 / 0) there and here.
   """
   area1 = box_area(boxes1)  # [..., N]
   area2 = box_area(boxes2)  # [..., M]

@@ -8,7 +8,7 @@ runs over tiles of the sorted boxes inside a `lax.while_loop`:
      keep[j] = candidate[j] and not any(keep[i] and IoU(i, j) > threshold for i < j),
      which a short inner loop finds (each pass settles at least one more box, usually two or three passes suffice);
   3. the loop stops as soon as `max_output` boxes are kept, since callers (RPN post-NMS top-n, detections per image)
-     only ever look at the first `max_output` kept boxes.
+     only ever look at the first `max_output` kept boxes, or when the valid boxes (sorted first) run out.
 Work is O(N * max_output) like the CPU kernel, with vector-friendly blocks for accelerators. Outputs are
 `keep_idx [max_output]` (indices into the input, highest score first) and `keep_valid [max_output]`; unused slots
 hold index 0 and valid False. For a batch of images, `jax.vmap` these functions.
@@ -55,8 +55,9 @@ def _iou_exceeds(
 
 
 def _greedy_over_sorted(
-    boxes: jnp.ndarray,  # [N, 4] sorted by descending score
+    boxes: jnp.ndarray,  # [N, 4] valid boxes first, each part by descending score
     candidate: jnp.ndarray,  # [N] bool
+    num_candidates: jnp.ndarray,  # scalar: candidates are the first num_candidates boxes
     category: jnp.ndarray,  # [N] int32; only boxes of equal category suppress each other
     threshold: np.float32,
     max_output: int,
@@ -111,7 +112,7 @@ def _greedy_over_sorted(
 
   def not_done(state):
     t, count = state[0], state[1]
-    return (t < num_tiles) & (count < max_output)
+    return (t * tile < num_candidates) & (count < max_output)
 
   init = (
       jnp.array(0, jnp.int32),
@@ -135,10 +136,24 @@ def _check_shapes(boxes, scores, valid, idxs=None):
       raise ValueError(f"nms expects {name} of shape [{n}], got {array.shape}")
 
 
+def _valid_first_by_descending_score(scores: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+  """Order [N]: valid boxes by descending score, equal scores in index order (torchvision's stable sort).
+
+  Scores are mapped to int32 keys with the same order (the IEEE-754 bit trick: flip the magnitude bits of negative
+  numbers) and invalid boxes get the smallest key, so that one top_k -- which puts equal keys in index order and
+  is several times faster than a multi-key sort on CPU -- does the whole job.
+  """
+  bits = jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.int32)
+  keys = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+  keys = jnp.where(valid, keys, jnp.iinfo(jnp.int32).min)
+  return jax.lax.top_k(keys, scores.shape[0])[1]
+
+
 def _nms_with_categories(boxes, scores, valid, category, iou_threshold, max_output, tile_size):
-  order = jnp.argsort(scores, descending=True, stable=True)  # [N]
+  order = _valid_first_by_descending_score(scores, valid)  # [N]
   positions, keep_valid = _greedy_over_sorted(
-      boxes[order], valid[order], category[order], float32_threshold(iou_threshold), max_output, tile_size
+      boxes[order], valid[order], jnp.sum(valid), category[order], float32_threshold(iou_threshold), max_output,
+      tile_size,
   )
   keep_idx = jnp.where(keep_valid, order[positions], 0).astype(jnp.int32)
   return keep_idx, keep_valid
@@ -151,7 +166,7 @@ def nms(
     valid: jnp.ndarray,
     iou_threshold: float,
     max_output: int,
-    tile_size: int = 256,
+    tile_size: int = 128,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """torchvision.ops.nms(boxes[valid], scores[valid], iou_threshold)[:max_output] with static shapes.
 
@@ -181,7 +196,7 @@ def batched_nms(
     valid: jnp.ndarray,
     iou_threshold: float,
     max_output: int,
-    tile_size: int = 256,
+    tile_size: int = 128,
     coordinate_trick_max_boxes: int = TORCHVISION_CPU_COORDINATE_TRICK_MAX_BOXES,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """torchvision.ops.batched_nms on the valid boxes, first `max_output` kept, with static shapes.

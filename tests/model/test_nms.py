@@ -78,7 +78,7 @@ def test_parity_with_torchvision(num_boxes, threshold, max_output, ties):
   tv_ops = pytest.importorskip("torchvision.ops")
   rng = np.random.default_rng(num_boxes)
   boxes = _random_boxes(rng, num_boxes)
-  scores = rng.uniform(size=num_boxes).astype(np.float32)
+  scores = rng.normal(size=num_boxes).astype(np.float32)  # negative scores too: the sort key handles the sign
   if ties:
     scores[::7] = scores[0]
   valid = rng.uniform(size=num_boxes) > 0.1
