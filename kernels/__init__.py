@@ -1,1 +1,8 @@
-"""Deformable convolution (sampling + GEMM) kernels: XLA, Pallas GPU, Pallas TPU."""
+"""Deformable convolution (sampling + GEMM) kernels: XLA, Pallas GPU, Pallas TPU.
+
+Import as maskprop_jax.kernels. The Pallas modules load only when an impl asks for them.
+"""
+
+from .deform_conv import IMPLS, deform_conv2d, masked_deform_conv2d, resolve_impl
+
+__all__ = ["IMPLS", "deform_conv2d", "masked_deform_conv2d", "resolve_impl"]
