@@ -227,7 +227,9 @@ def make_train_loader(
   """The grain DataLoader of this process's shard (jax.process_index/process_count unless given).
 
   Each process yields batches of global_batch_size // shard_count examples; shards are disjoint contiguous
-  ranges of the examples, each shuffled anew every epoch. `num_epochs=None` repeats forever.
+  ranges of the examples, each shuffled anew every epoch. `num_epochs=None` repeats forever (training); with a
+  finite count grain stops every shard after the same number of examples, which leaves out fewer than
+  shard_count examples per epoch.
   """
   if shard_index is None or shard_count is None:
     shard_index, shard_count = jax.process_index(), jax.process_count()

@@ -13,23 +13,21 @@ from maskprop_jax.data import augment
 from maskprop_jax.data import masks
 from maskprop_jax.data import pipeline
 from maskprop_jax.data import prepare
-from maskprop_jax.data import synthetic
 from maskprop_jax.data import tfds_builder
 
-IMAGE_HW = (40, 48)
-SETTINGS = dict(image_hw=IMAGE_HW, max_instances=3, num_ref_frames=2, max_ref_offset=2, scale_range=(20, 36),
+IMAGE_HW = (80, 112)  # the shared synthetic frames are 64x96
+SCALE_RANGE = (48, 72)
+SETTINGS = dict(image_hw=IMAGE_HW, max_instances=3, num_ref_frames=2, max_ref_offset=2, scale_range=SCALE_RANGE,
                 flip=True, worker_count=0)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-  """(TFDS data dir, source root): 4 synthetic train videos of 4-7 frames at 24x32, prepared."""
-  root = tmp_path_factory.mktemp("source") / "synthetic"
-  synthetic.generate_dataset(root, 4, 0, seed=3, height=24, width=32, min_frames=4, max_frames=7)
+def data(synthetic_dataset_dir, tmp_path_factory):
+  """(TFDS data dir, source root): the shared tiny synthetic train split, prepared."""
   data_dir = tmp_path_factory.mktemp("tfds")
-  prepare.ensure_prepared(data_dir, "synthetic", "train", images_dir=root / "train" / "JPEGImages",
-                          annotation_file=root / "train.json")
-  return data_dir, root
+  prepare.ensure_prepared(data_dir, "synthetic", "train", images_dir=synthetic_dataset_dir / "train" / "JPEGImages",
+                          annotation_file=synthetic_dataset_dir / "train.json")
+  return data_dir, synthetic_dataset_dir
 
 
 def _iterator(data_dir, seed=0, **overrides):
@@ -80,7 +78,8 @@ def test_masks_equal_the_decoded_rle_under_the_clips_transform(data):
     batch, i = batches[index // 2], index % 2
     video = videos[video_index]
     rh, rw = batch["image_hw"][i]
-    assert max(rh, rw) <= max(IMAGE_HW) and 20 <= min(rh, rw) <= 36
+    assert rh <= IMAGE_HW[0] and rw <= IMAGE_HW[1] and min(rh, rw) <= SCALE_RANGE[1]
+    assert min(rh, rw) >= SCALE_RANGE[0] or rw == IMAGE_HW[1]  # the short side, unless the canvas is too narrow
     frame_indices = center + batch["frame_offsets"][i]
     assert ((0 <= frame_indices) & (frame_indices < len(video["file_names"]))).all()
 
@@ -126,15 +125,17 @@ def test_masks_equal_the_decoded_rle_under_the_clips_transform(data):
 
 def test_shards_of_two_processes_are_disjoint_and_cover_the_data(data):
   # With the scale pinned and no flip, the center frame's pixels identify the example.
-  fixed = dict(scale_range=(24, 24), flip=False, num_epochs=1)
-  everything = [b["frames"][0, 0].tobytes() for b in _iterator(data[0], global_batch_size=1, **fixed)]
-  shards = [
-      [b["frames"][0, 0].tobytes() for b in _iterator(data[0], shard_index=k, shard_count=2, **fixed)]
-      for k in range(2)
-  ]
+  fixed = dict(scale_range=(64, 64), flip=False)
+  everything = [b["frames"][0, 0].tobytes() for b in _iterator(data[0], global_batch_size=1, num_epochs=1, **fixed)]
+  # Endless streams: a shard repeats its own examples only; ceil(N / 2) steps show all of the larger shard.
+  steps = (len(everything) + 1) // 2
+  shards = []
+  for k in range(2):
+    iterator = _iterator(data[0], shard_index=k, shard_count=2, **fixed)
+    shards.append({next(iterator)["frames"][0, 0].tobytes() for _ in range(steps)})
   assert len(set(everything)) == len(everything)
-  assert not set(shards[0]) & set(shards[1])
-  assert sorted(shards[0] + shards[1]) == sorted(everything)
+  assert not shards[0] & shards[1]
+  assert shards[0] | shards[1] == set(everything)
 
 
 def test_restored_iterator_continues_with_the_same_examples(data):
@@ -193,7 +194,7 @@ def test_resized_size_keeps_the_aspect_ratio_inside_the_canvas():
 def test_a_clip_without_tracks_is_all_padding(data):
   record = dict(tfds_builder.open_records(tfds_builder.prepared_dir(data[0], "synthetic"), "train")[0])
   record["tracks"] = {key: [] for key in record["tracks"]}
-  spec = pipeline.ClipSpec(IMAGE_HW, 3, 2, 2, (20, 36), True)
+  spec = pipeline.ClipSpec(IMAGE_HW, 3, 2, 2, SCALE_RANGE, True)
   clip = pipeline.make_clip(record, 1, np.random.default_rng(0), spec)
   assert (clip["track_ids"] == -1).all() and not clip["present"].any() and not clip["masks"].any()
   assert clip["frames"].shape == (3, *IMAGE_HW, 3) and clip["frames"].any()

@@ -15,11 +15,9 @@ from maskprop_jax.errors import EXIT_BAD_INPUT, InputError
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-  """A tiny synthetic data set: 3 train and 2 valid videos of 4-6 frames at 24x32."""
-  root = tmp_path_factory.mktemp("source") / "synthetic"
-  synthetic.generate_dataset(root, 3, 2, seed=0, height=24, width=32, min_frames=4, max_frames=6)
-  return root
+def source(synthetic_dataset_dir):
+  """The shared tiny synthetic data set (3 train and 2 valid videos); read-only."""
+  return synthetic_dataset_dir
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +28,10 @@ def prepared(source, tmp_path_factory):
                           annotation_file=source / "train.json")
   valid = json.loads((source / "valid.json").read_text())
   del valid["annotations"]
-  (source / "valid_no_gt.json").write_text(json.dumps(valid))
+  valid_no_gt = tmp_path_factory.mktemp("valid") / "valid_no_gt.json"
+  valid_no_gt.write_text(json.dumps(valid))
   prepare.ensure_prepared(data_dir, "synthetic", "valid", images_dir=source / "valid" / "JPEGImages",
-                          annotation_file=source / "valid_no_gt.json")
+                          annotation_file=valid_no_gt)
   return data_dir
 
 

@@ -5,17 +5,14 @@ import pytest
 from PIL import Image
 
 from maskprop_jax.data import prepare
-from maskprop_jax.data import synthetic
 from maskprop_jax.data import video_reader
 from maskprop_jax.data import ytvis
 from maskprop_jax.errors import InputError
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-  root = tmp_path_factory.mktemp("source") / "synthetic"
-  synthetic.generate_dataset(root, 2, 0, seed=4, height=20, width=28, min_frames=3, max_frames=5)
-  return root
+def source(synthetic_dataset_dir):
+  return synthetic_dataset_dir
 
 
 def _frames_on_disk(source, video):
