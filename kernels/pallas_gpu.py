@@ -66,6 +66,14 @@ def _fit_block(preferred: int, extent: int) -> int:
   return max(16, min(preferred, _next_power_of_2(extent)))
 
 
+def _dot_precision(dtype, interpret: bool):
+  """fp32 inputs keep fp32 accuracy (1e-5 against the XLA impl); bf16 goes straight to tensor cores."""
+  if dtype != jnp.float32:
+    return None
+  # Three TF32 passes reach fp32 accuracy on tensor cores; CPUs (interpret mode) have no TF32 algorithms.
+  return jax.lax.Precision.HIGHEST if interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+
+
 def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, block_p: int, block_c: int,
                         block_i: int, group_channels_pad: int, has_mask: bool, has_instances: bool,
                         dot_precision):
@@ -187,8 +195,7 @@ def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding,
   kernel = functools.partial(
       _deform_conv_kernel, geometry=geometry, block_p=block_p, block_c=block_c, block_i=block_i,
       group_channels_pad=group_channels_pad, has_mask=mask is not None, has_instances=has_instances,
-      # fp32 inputs get an fp32 GEMM (no TF32 rounding) so the kernel matches the XLA impl to 1e-5.
-      dot_precision=jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None)
+      dot_precision=_dot_precision(x.dtype, interpret))
   out = pl.pallas_call(
       kernel,
       grid=(n, instances_pad // block_i, positions_pad // block_p, out_channels_pad // block_o),
