@@ -57,6 +57,14 @@ class VisVideos(tfds.core.GeneratorBasedBuilder):
     # tfds finds a builder's file through `importlib_resources`, which it does not install on Python >= 3.9.
     return epath.Path(__file__)
 
+  # tfds would announce the scratch folder prepare.py builds in and then moves away; prepare.py reports the real
+  # location instead.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def __init__(self, *, sources: Mapping[str, ytvis.YTVISDataset] | None = None, **kwargs: Any):
     self._sources = dict(sources or {})
     super().__init__(**kwargs)
