@@ -4,8 +4,8 @@ Used by the evaluation tests (invariants) and by the parity check against the of
 tracks that start late and end early, frames with no mask and frames with an empty mask, duplicate and
 wrong-class predictions, false positives, crowd tracks, tied scores, more than 100 predictions of one category in
 a video, several frame shapes and object sizes from tiny to "large" (> 256^2 pixels), and ground truth stored as
-polygons, uncompressed RLE and compressed RLE. Video, category and annotation ids are non-contiguous and listed
-out of order.
+polygons, uncompressed RLE and compressed RLE. Video, category and annotation ids are non-contiguous, and videos,
+annotations and predictions are listed out of order.
 """
 
 from __future__ import annotations
@@ -87,10 +87,52 @@ def random_case(seed: int, num_videos: int = 4, num_categories: int = 4,
       next_ann_id += int(rng.integers(1, 4))
       gt_masks.append((category, polys, present))
     results += _video_predictions(rng, video_id, height, width, length, category_ids, gt_masks)
+    if length >= 2 and rng.random() < 0.15:
+      trap_annotations, trap_results = _equal_iou_trap(rng, video_id, height, width, length, category_ids)
+      for ann in trap_annotations:
+        ann["id"] = next_ann_id
+        next_ann_id += 1
+      annotations += trap_annotations
+      results += trap_results
   rng.shuffle(annotations)
+  rng.shuffle(results)  # ties in score are broken by video id across videos, by file order within one
   categories = [{"id": c, "name": f"category_{c}", "supercategory": "object"} for c in category_ids]
   rng.shuffle(categories)
   return {"videos": videos, "categories": categories, "annotations": annotations}, results
+
+
+def _equal_iou_trap(rng, video_id, height, width, length, category_ids):
+  """Two ground-truth tracks with exactly the same video IoU to one prediction, where which of them it takes
+  decides whether a second prediction finds a match.
+
+  A shape and its copy moved by whole pixels (same area) are G1 in frame f0 and G2 in frame f1; prediction 1
+  covers both (IoU 1/2 with each), prediction 2 is G2 alone.
+  """
+  size = min(height, width) / 6
+  base = np.array([[0, 0], [size, size / 4], [size / 2, size], [size / 5, size * 0.8]])
+  offsets = [rng.integers(0, [width - size, height - size]) for _ in range(2)]
+  polys = [(base + o).ravel().tolist() for o in offsets]
+  f0, f1 = sorted(rng.choice(length, 2, replace=False))
+  category = int(rng.choice(category_ids))
+
+  def frames(*pairs):
+    segmentations = [None] * length
+    for f, poly in pairs:
+      segmentations[f] = polygon_rle(poly, height, width)
+    return segmentations
+
+  annotations = []
+  for f, poly in ((f0, polys[0]), (f1, polys[1])):
+    segmentations = frames((f, poly))
+    annotations.append({"video_id": video_id, "category_id": category, "iscrowd": 0,
+                        "segmentations": segmentations,
+                        "areas": [int(mask_api.area(r)) if r is not None else None for r in segmentations]})
+  high, low = sorted(rng.random(2))[::-1]
+  results = [{"video_id": video_id, "category_id": category, "score": float(high),
+              "segmentations": frames((f0, polys[0]), (f1, polys[1]))},
+             {"video_id": video_id, "category_id": category, "score": float(low),
+              "segmentations": frames((f1, polys[1]))}]
+  return annotations, results
 
 
 def _gt_annotation(rng, ann_id, video_id, category, polys, rles):
