@@ -14,6 +14,18 @@ INPUT_HW = (128, 160)  # padded network input; FPN strides 4..32
 IMAGE_HW = np.array([[120, 150], [128, 160]], np.int32)  # images before padding
 
 
+@nnx.jit(static_argnames="input_hw")
+def _losses(model, features, proposals, proposal_valid, gt_boxes, gt_labels, gt_masks, gt_valid, image_hw, input_hw,
+            key, sampled_index=None, sampled_valid=None):
+  return model.losses(features, proposals, proposal_valid, gt_boxes, gt_labels, gt_masks, gt_valid, image_hw,
+                      input_hw, key, sampled_index, sampled_valid)
+
+
+@nnx.jit(static_argnames="input_hw")
+def _detect(model, features, proposals, proposal_valid, image_hw, input_hw):
+  return model.detect(features, proposals, proposal_valid, image_hw, input_hw)
+
+
 def _config(variant):
   cfg = mask_rcnn_config(variant).roi_heads
   cfg.box_fc_dim = 32
@@ -90,7 +102,7 @@ def test_losses_are_finite_and_differentiable_with_random_sampling():
                                   jax.random.key(1))
     return sum(losses.values()), (losses, sample)
 
-  grads, (losses, sample) = nnx.grad(total, has_aux=True)(model)
+  grads, (losses, sample) = nnx.jit(nnx.grad(total, has_aux=True))(model)
   # 43 and 27 valid candidates, all sampled (fewer than 512).
   assert sample.valid.sum(1).tolist() == [43, 27]
   assert all(np.isfinite(float(v)) and float(v) > 0 for v in losses.values())
@@ -158,7 +170,7 @@ def test_training_losses_match_torchvision_with_its_sampled_rois(variant):
     sampled_index[b, :len(s)], sampled_valid[b, :len(s)] = s, True
 
   model.train()
-  losses, _ = model.losses([jnp.asarray(f) for f in features], jnp.asarray(proposals), jnp.asarray(proposal_valid),
+  losses, _ = _losses(model, [jnp.asarray(f) for f in features], jnp.asarray(proposals), jnp.asarray(proposal_valid),
                            jnp.asarray(gt_boxes), jnp.asarray(gt_labels), jnp.asarray(gt_masks), jnp.asarray(gt_valid),
                            jnp.asarray(IMAGE_HW), INPUT_HW, None, jnp.asarray(sampled_index),
                            jnp.asarray(sampled_valid))
@@ -175,7 +187,7 @@ def test_detections_match_torchvision(variant):
   with torch.no_grad():
     expected, _ = heads(feats, props, image_shapes)
   model.eval()
-  detections = model.detect([jnp.asarray(f) for f in features], jnp.asarray(proposals), jnp.asarray(proposal_valid),
+  detections = _detect(model, [jnp.asarray(f) for f in features], jnp.asarray(proposals), jnp.asarray(proposal_valid),
                             jnp.asarray(IMAGE_HW), INPUT_HW)
   for b, reference in enumerate(expected):
     count = len(reference["scores"])
