@@ -39,6 +39,9 @@ class AnchorGenerator:
   round_base_anchors: bool = True
 
   def __post_init__(self):
+    # Configs may hold lists; tuples keep the generator hashable, so that it can be static data of an nnx.Module.
+    object.__setattr__(self, "sizes", tuple(tuple(float(s) for s in level) for level in self.sizes))
+    object.__setattr__(self, "aspect_ratios", tuple(tuple(float(a) for a in level) for level in self.aspect_ratios))
     if len(self.sizes) != len(self.aspect_ratios):
       raise ValueError(
           f"anchor sizes ({len(self.sizes)} levels) and aspect ratios ({len(self.aspect_ratios)} levels) differ"

@@ -24,6 +24,12 @@ def test_grid_order_and_strides():
   np.testing.assert_array_equal(boxes[6:], [[-8, -8, 8, 8], [-6, -11, 6, 11], [40, -8, 56, 8], [42, -11, 54, 11]])
 
 
+def test_lists_from_configs_are_hashable():
+  generator = anchors.AnchorGenerator(sizes=[[8], [16]], aspect_ratios=[[1.0], [1.0, 2.0]])
+  assert hash(generator) == hash(anchors.AnchorGenerator(sizes=((8,), (16,)), aspect_ratios=((1.0,), (1.0, 2.0))))
+  assert generator.num_anchors_per_location() == (1, 2)
+
+
 def test_level_mismatch_is_rejected():
   with pytest.raises(ValueError, match="2 feature maps"):
     anchors.AnchorGenerator()((64, 64), [(16, 16), (8, 8)])
