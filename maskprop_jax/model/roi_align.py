@@ -148,14 +148,21 @@ def roi_align_from_table(
       boxes, scale, output_size, sampling_ratio, aligned, max_sampling_grid)
   rows, row_weight = axis_samples(y_start, y_len, output_size[0], y_grid, max_grid, map_height)  # [R, P, A]
   cols, col_weight = axis_samples(x_start, x_len, output_size[1], x_grid, max_grid, map_width)  # [R, Q, B]
-  flat = (row_offset[:, None, None, None, None]
-          + rows[:, :, :, None, None] * map_width[:, None, None, None, None]
-          + cols[:, None, None, :, :])  # [R, P, A, Q, B]
-  weight = row_weight[:, :, :, None, None] * col_weight[:, None, None, :, :]  # [R, P, A, Q, B]
-  # Written as multiply + reduce (not einsum) so XLA fuses the gather into the reduction instead of
-  # materialising [R, P, A, Q, B, C].
-  values = table[flat]  # [R, P, A, Q, B, C]
-  pooled = jnp.sum(values.astype(jnp.float32) * weight[..., None], axis=(2, 4))  # [R, P, Q, C]
+  # One (row tap, column tap) pair per step: each step gathers [R, P, Q, C], so memory stays at the size of
+  # the output however many samples a bin has (gathering all taps at once would be A * B times bigger).
+  flat = (row_offset[:, None, None]
+          + rows.transpose(2, 0, 1)[:, None, :, :, None] * map_width[:, None, None]
+          + cols.transpose(2, 0, 1)[None, :, :, None, :])  # [A, B, R, P, Q]
+  weight = row_weight.transpose(2, 0, 1)[:, None, :, :, None] * col_weight.transpose(2, 0, 1)[None, :, :, None, :]
+  taps = flat.shape[0] * flat.shape[1]
+
+  def accumulate(total, tap):
+    index, tap_weight = tap  # [R, P, Q] each
+    return total + table[index].astype(jnp.float32) * tap_weight[..., None], None
+
+  pooled, _ = jax.lax.scan(
+      accumulate, jnp.zeros(flat.shape[2:] + table.shape[-1:], jnp.float32),
+      (flat.reshape(taps, *flat.shape[2:]), weight.reshape(taps, *flat.shape[2:])))  # [R, P, Q, C]
   return (pooled / count[:, None, None, None]).astype(table.dtype)
 
 
