@@ -259,18 +259,29 @@ def roi_align_single_channel(
     aligned: bool = False,
     max_sampling_grid: int | None = None,
     valid_hw: jax.Array | None = None,
+    rois_per_step: int = 8,
 ) -> jax.Array:
   """roi_align of single-channel maps through the separable operators (see roi_align_matrices).
 
   maps: [G, H, W] (any numeric dtype); boxes: [R, 4]; map_index: [R] int map of each RoI; valid_hw: optional
-  [R, 2] true size of each RoI's map inside the padded [H, W].
+  [R, 2] true size of each RoI's map inside the padded [H, W]. RoIs are pooled `rois_per_step` at a time, so
+  that memory holds a few [H, W] maps and operators rather than one per RoI (image-size masks are large).
   Returns [R, pooled_h, pooled_w] float32.
   """
-  row_op, col_op, count = roi_align_matrices(
-      boxes, maps.shape[1:], output_size, spatial_scale, sampling_ratio, aligned, max_sampling_grid, valid_hw)
-  selected = maps[map_index].astype(jnp.float32)  # [R, H, W]
-  pooled = jnp.einsum("rph,rhw,rqw->rpq", row_op, selected, col_op, precision=jax.lax.Precision.HIGHEST)
-  return pooled / count[:, None, None]
+  num_rois = boxes.shape[0]
+  if valid_hw is None:
+    valid_hw = jnp.broadcast_to(jnp.asarray(maps.shape[1:], jnp.int32), (num_rois, 2))
+
+  def pool(roi):
+    box, index, hw = roi  # [4], [], [2]
+    row_op, col_op, count = roi_align_matrices(
+        box[None], maps.shape[1:], output_size, spatial_scale, sampling_ratio, aligned, max_sampling_grid,
+        hw[None])  # [1, P, H], [1, Q, W], [1]
+    selected = maps[index].astype(jnp.float32)  # [H, W]
+    pooled = jnp.einsum("ph,hw,qw->pq", row_op[0], selected, col_op[0], precision=jax.lax.Precision.HIGHEST)
+    return pooled / count[0]
+
+  return jax.lax.map(pool, (boxes, map_index, jnp.asarray(valid_hw, jnp.int32)), batch_size=rois_per_step)
 
 
 def infer_scales(feature_hw: Sequence[tuple[int, int]], image_hw: tuple[int, int]) -> tuple[float, ...]:
