@@ -60,6 +60,7 @@ def _torchvision_v1() -> ml_collections.ConfigDict:
     box_output_size=7, box_sampling_ratio=2,
     mask_output_size=14, mask_sampling_ratio=2, mask_layers=(256, 256, 256, 256), mask_norm=False,
     aligned=False,
+    level_rule="torchvision",  # FPN level of a RoI: torchvision's LevelMapper or detectron2's (eps in the log)
     score_thresh=0.05, nms_thresh=0.5, detections_per_img=100,
     fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=512, positive_fraction=0.25,
     bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
@@ -94,7 +95,7 @@ def _detectron2(depth: int, groups: int, width_per_group: int) -> ml_collections
   ))
   cfg.anchors.round_base_anchors = False
   cfg.rpn.update(dict(post_nms_top_n_train=1000, min_size=0.0))
-  cfg.roi_heads.update(dict(aligned=True, box_sampling_ratio=0, mask_sampling_ratio=0))
+  cfg.roi_heads.update(dict(aligned=True, box_sampling_ratio=0, mask_sampling_ratio=0, level_rule="detectron2"))
   cfg.trainable_backbone_layers = 4  # detectron2 freezes only the stem (FREEZE_AT=2)
   return cfg
 
@@ -111,6 +112,20 @@ def mask_rcnn_config(variant: str = "maskrcnn_resnet50_fpn") -> ml_collections.C
   if variant not in builders:
     raise ValueError(f"unknown Mask R-CNN variant {variant!r}; choose one of {', '.join(VARIANTS)}")
   return builders[variant]()
+
+
+def tiny_mask_rcnn_config(num_classes: int = 5) -> ml_collections.ConfigDict:
+  """A v1 Mask R-CNN small enough for CPU tests: one block per ResNet stage, narrow FPN and heads, small images."""
+  cfg = mask_rcnn_config("maskrcnn_resnet50_fpn")
+  cfg.variant = "tiny"
+  cfg.num_classes = num_classes
+  cfg.backbone.update(dict(stage_blocks=(1, 1, 1, 1), fpn_channels=32))
+  cfg.input.update(dict(min_size=64, max_size=96))
+  cfg.rpn.update(dict(pre_nms_top_n_train=200, pre_nms_top_n_test=100, post_nms_top_n_train=100,
+                      post_nms_top_n_test=50, batch_size_per_image=64))
+  cfg.roi_heads.update(dict(box_fc_dim=64, mask_layers=(32, 32), batch_size_per_image=64, detections_per_img=10))
+  cfg.trainable_backbone_layers = 5
+  return cfg
 
 
 def resnet_spec(cfg: ml_collections.ConfigDict) -> ResNetSpec:
