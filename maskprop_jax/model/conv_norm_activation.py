@@ -7,6 +7,7 @@ It is an `nnx.List` so that parameter paths are the same integer paths as torchv
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 # torchvision initialises detection-head convs with kaiming_normal_(mode="fan_out", nonlinearity="relu"):
@@ -46,7 +47,18 @@ class Conv2dNormActivation(nnx.List):
     must not, or the statistics would differ from torchvision's, which never sees the padding).
     """
     y = self[0](x)
-    if len(self) > 1:
-      mask = None if valid is None else jax.numpy.broadcast_to(valid[:, None, None, None], y.shape)
-      y = self[1](y, mask=mask)
+    if len(self) == 1:
+      return jax.nn.relu(y)
+    norm = self[1]
+    if valid is None or norm.use_running_average:
+      return jax.nn.relu(norm(y))
+    # A batch of padding only (e.g. no positive RoI for the mask head) has no statistics: 0/0 would put NaN in
+    # the outputs and, through them, in the gradients. Normalise it with the padding's own statistics (its
+    # outputs are masked out downstream) and leave the running averages as they were.
+    any_valid = jnp.any(valid)
+    rows = jnp.where(any_valid, valid, True)
+    old_mean, old_var = norm.mean[...], norm.var[...]
+    y = norm(y, mask=jnp.broadcast_to(rows[:, None, None, None], y.shape))
+    norm.mean[...] = jnp.where(any_valid, norm.mean[...], old_mean)
+    norm.var[...] = jnp.where(any_valid, norm.var[...], old_var)
     return jax.nn.relu(y)

@@ -2,7 +2,9 @@
 
 Every RoI is sampled on a fixed grid of `pooled x sampling` points per axis, gathered from one flat
 [rows, C] feature table. Per-RoI scalars (scale, map height/width, offset into the table) make the same code serve
-a single feature map and a whole FPN pyramid: MultiScaleRoIAlign is one gather, not one call per level.
+a single feature map and a whole FPN pyramid: MultiScaleRoIAlign is one pass over the concatenated levels, not
+one call per level. The bilinear taps are accumulated one (row tap, column tap) pair at a time in a scan, so
+memory is that of the output, not of every sample.
 
 torchvision's rule, which this reproduces per axis (the 2-D rule is the product of the two axes):
   start = box * scale - (0.5 if aligned else 0); length = end - start (at least 1 unless aligned)

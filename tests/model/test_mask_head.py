@@ -1,5 +1,6 @@
 """Mask heads and predictor against torchvision's, with copied weights."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,6 +16,20 @@ def test_shapes_and_parameter_paths():
   assert paths == {(0, 0, "kernel"), (0, 0, "bias"), (1, 0, "kernel"), (1, 0, "bias")}
   logits = predictor(head(jnp.ones((2, 14, 14, 4))))
   assert logits.shape == (2, 28, 28, 3)
+
+
+def test_batch_of_padding_only_keeps_statistics_and_gradients_finite():
+  head = mask_head.MaskRCNNHeads(4, (8,), use_norm=True, rngs=nnx.Rngs(0))
+  head.train()
+  before = np.asarray(head[0][1].mean[...])
+
+  def loss(head, x):
+    valid = jnp.zeros(x.shape[0], bool)
+    return jnp.sum(jnp.where(valid[:, None, None, None], head(x, valid), 0.0))
+
+  grads = nnx.grad(loss)(head, jnp.ones((3, 14, 14, 4)))
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  np.testing.assert_array_equal(head[0][1].mean[...], before)
 
 
 torch = pytest.importorskip("torch")

@@ -54,6 +54,14 @@ def test_map_levels_follows_fpn_equation():
   np.testing.assert_array_equal(ra.map_levels(padding, 2, 5), [0])
 
 
+def test_detectron2_level_rule_puts_its_epsilon_inside_the_log():
+  # Two float32 steps below 224: log2(size / 224) is -1.7e-7, and size / 224 + 1e-8 still rounds below 1.
+  below_224 = float(np.nextafter(np.nextafter(np.float32(224.0), np.float32(0.0)), np.float32(0.0)))
+  boxes = jnp.array([[0.0, 0.0, below_224, below_224]])
+  assert int(ra.map_levels(boxes, 2, 5, rule="torchvision")[0]) == 2  # level 4: 1e-6 lifts it over the boundary
+  assert int(ra.map_levels(boxes, 2, 5, rule="detectron2")[0]) == 1  # level 3: 1e-8 inside the log does not
+
+
 def test_infer_scales_uses_powers_of_two():
   assert ra.infer_scales([(200, 304), (100, 152), (50, 76), (25, 38)], (800, 1216)) == (0.25, 0.125, 0.0625, 0.03125)
 
