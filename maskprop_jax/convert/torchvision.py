@@ -116,6 +116,18 @@ def _to_flax_layout(value: np.ndarray, path: Path, transposed: Mapping[Path, boo
   return value
 
 
+def _torch_shape(shape: tuple[int, ...], path: Path, transposed: Mapping[Path, bool]) -> tuple[int, ...]:
+  """The torch-layout shape of one of our kernels (inverse of _to_flax_layout), for error messages."""
+  if path[-1] != "kernel" or len(shape) not in (2, 4):
+    return shape
+  if len(shape) == 2:
+    return shape[::-1]
+  kh, kw, a, b = shape
+  if transposed.get(tuple(path[:-1])) is False:  # flipped (kh, kw, I, O) <- (I, O, kh, kw)
+    return (a, b, kh, kw)
+  return (b, a, kh, kw)  # conv (kh, kw, I, O) <- (O, I, kh, kw); transpose_kernel (kh, kw, O, I) <- (I, O, kh, kw)
+
+
 def _listing(title: str, items: Sequence[str]) -> str:
   shown = ", ".join(items[:MAX_LISTED])
   more = f" (and {len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
@@ -129,6 +141,7 @@ def state_dict_to_params(
   source: str,
   prefix: str = "",
   hwc_flatten: Mapping[Path, Sequence[int]] | None = None,
+  original_names: Mapping[str, str] | None = None,
 ) -> dict:
   """Maps a torchvision-named state dict onto `model`'s state; returns the nested pure dict for `nnx.update`.
 
@@ -138,8 +151,10 @@ def state_dict_to_params(
     source: the checkpoint's name for error messages.
     prefix: key prefix of `model` inside the state dict (e.g. "backbone" to convert only the backbone).
     hwc_flatten: module path -> (C, H, W) for linear layers that read flattened NHWC RoI features.
+    original_names: torchvision key -> the name in the user's file (detectron2's), for error messages.
   """
   hwc_flatten = hwc_flatten or {}
+  original_names = original_names or {}
   state_dict = upgrade_legacy_keys(state_dict)
   transposed = {
     tuple(path): bool(node.transpose_kernel)
@@ -152,7 +167,7 @@ def state_dict_to_params(
 
   missing = sorted(k for k in wanted if k not in state_dict)
   unexpected = sorted(
-    k for k in state_dict
+    original_names.get(k, k) for k in state_dict
     if k not in wanted and k.startswith(key_prefix) and not k.endswith(IGNORED_SUFFIXES)
   )
   mismatched, flat = [], {}
@@ -162,12 +177,14 @@ def state_dict_to_params(
     value = _to_flax_layout(np.asarray(state_dict[key], np.float32), path, transposed, hwc_flatten)
     want_shape = tuple(expected[path].shape)
     if tuple(value.shape) != want_shape:
-      mismatched.append(f"{key} {tuple(state_dict[key].shape)} (expected {want_shape} in our layout)")
+      torch_shape = _torch_shape(want_shape, path, transposed)
+      mismatched.append(f"{original_names.get(key, key)} {tuple(state_dict[key].shape)} (expected {torch_shape})")
       continue
     flat[path] = np.ascontiguousarray(value)
   problems = [
     _listing(title, items)
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+    for title, items in (("missing keys (torchvision names)" if original_names else "missing keys", missing),
+                         ("unexpected keys", unexpected), ("shape mismatches", mismatched))
     if items
   ]
   if problems:
