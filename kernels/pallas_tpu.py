@@ -45,6 +45,11 @@ from maskprop_jax.kernels.pallas_contract import IntOrPair, static_conv_args as 
 # Offsets the kernel samples exactly when the bound cannot be read from the data (inside jit).
 DEFAULT_MAX_OFFSET = 8
 
+# MaskProp's fp32 shape (C = O = 256, I = 10, default tiles) needs about 12 MiB of VMEM (halo and output
+# double-buffered, weight, accumulators, the interpolation matrix), close to the 16 MiB default scoped
+# limit of v4/v5 chips; 48 MiB leaves room and fits the physical VMEM of every generation (64 MiB on v7x).
+VMEM_LIMIT_BYTES = 48 * 1024 * 1024
+
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
@@ -206,7 +211,9 @@ def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding,
                                   out_rows, out_cols))
     in_specs.append(pl.BlockSpec((None, halo.block_r, halo.block_w, g * k), lambda b, t, u: (b, t, u, 0)))
   operands.append(weight.reshape(k, geometry.channels, geometry.out_channels))
-  in_specs.append(pl.BlockSpec((k, geometry.channels, geometry.out_channels), lambda b, t, u: (0, 0, 0)))
+  # The weight block never changes between programs: one buffer, fetched once.
+  in_specs.append(pl.BlockSpec((k, geometry.channels, geometry.out_channels), lambda b, t, u: (0, 0, 0),
+                               pipeline_mode=pl.Buffered(1)))
 
   kernel = functools.partial(
       _deform_conv_kernel, geometry=geometry, halo=halo, has_mask=mask is not None,
@@ -220,7 +227,8 @@ def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding,
                              lambda b, t, u: (b, 0, t, u, 0)),
       out_shape=jax.ShapeDtypeStruct((n, num_outputs, out_rows, out_cols, geometry.out_channels), x.dtype),
       scratch_shapes=[pltpu.VMEM((num_outputs, halo.block_p, geometry.out_channels), jnp.float32)],
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel")),
+      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel"),
+                                           vmem_limit_bytes=VMEM_LIMIT_BYTES),
       interpret=interpret,
       name="deform_conv2d_fwd_tpu",
   )(*operands)
