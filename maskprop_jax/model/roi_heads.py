@@ -191,6 +191,8 @@ class RoIHeads(nnx.Module):
       (losses, the RoI sample used).
     """
     cfg = self.cfg
+    if gt_masks.shape[-2:] != tuple(input_hw):
+      raise ValueError(f"gt_masks must be in the padded input frame {tuple(input_hw)}, got {gt_masks.shape[-2:]}")
     proposals = jax.lax.stop_gradient(proposals)
     sample = roi_targets.sample_rois(
         proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, key,
