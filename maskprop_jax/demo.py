@@ -1,0 +1,136 @@
+"""Runs a converted or trained detector on a user's image and writes its detections (and an overlay).
+
+    python -m maskprop_jax.demo --params DIR --image IMG --json OUT.json [--score-thresh S] [--out OVERLAY.png]
+
+DIR is a parameter directory from `python -m maskprop_jax.convert` (or a training run). The JSON holds one entry
+per detection: `bbox` [x0, y0, x1, y1] in image pixels, `score`, `category_id` (COCO ids for COCO models),
+`category_name` and `segmentation`, the mask (probability >= 0.5) as a compressed COCO RLE.
+Inputs are modes of their own (`--image` today), so that a video mode can sit beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from maskprop_jax.convert import params_io
+from maskprop_jax.errors import InputError, report_input_errors
+from maskprop_jax.evaluation.rle import encode_mask
+from maskprop_jax.model.mask_rcnn import ImageResults, MaskRCNN, abstract_mask_rcnn, postprocess, preprocess_batch
+
+MASK_THRESHOLD = 0.5
+
+
+def read_image(path: str) -> np.ndarray:
+  """An image file -> RGB uint8 [H, W, 3]."""
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"))
+  except FileNotFoundError as e:
+    raise InputError(f"{path}: no such image file") from e
+  except (UnidentifiedImageError, OSError) as e:
+    raise InputError(f"{path}: not a readable image ({e})") from e
+
+
+@partial(jax.jit, static_argnames="canvas_hw")
+def _detect(model: MaskRCNN, images, image_hw, original_hw, canvas_hw) -> ImageResults:
+  return postprocess(model(images, image_hw), image_hw, original_hw, canvas_hw)
+
+
+def detect_image(model: MaskRCNN, metadata: dict[str, Any], image: np.ndarray, score_thresh: float) -> list[dict]:
+  """Detections of one RGB uint8 image above `score_thresh`, best first, with full-size boolean masks."""
+  cfg = metadata["config"]
+  images, image_hw = preprocess_batch(cfg, [image])
+  original_hw = jnp.asarray([image.shape[:2]], jnp.int32)
+  results = jax.device_get(_detect(model, images, image_hw, original_hw, canvas_hw=tuple(image.shape[:2])))
+  detections = []
+  for i in np.flatnonzero(results.valid[0] & (results.scores[0] >= score_thresh)):
+    label = int(results.labels[0, i])
+    detections.append(dict(
+      bbox=[float(v) for v in results.boxes[0, i]],
+      score=float(results.scores[0, i]),
+      category_id=int(metadata["category_ids"][label]),
+      category_name=metadata["class_names"][label],
+      mask=results.masks[0, i] >= MASK_THRESHOLD,
+    ))
+  return detections
+
+
+def overlay(image: np.ndarray, detections: list[dict], alpha: float = 0.5) -> np.ndarray:
+  """Masks blended in, boxes and captions drawn, one colour per detection."""
+  from PIL import ImageDraw  # noqa: PLC0415 -- only the overlay needs drawing
+
+  out = image.astype(np.float32)
+  colours = [tuple(int(c) for c in np.random.default_rng(i).integers(64, 256, 3)) for i in range(len(detections))]
+  for det, colour in zip(detections, colours):
+    out[det["mask"]] = (1 - alpha) * out[det["mask"]] + alpha * np.asarray(colour, np.float32)
+  drawn = Image.fromarray(out.astype(np.uint8))
+  draw = ImageDraw.Draw(drawn)
+  for det, colour in zip(detections, colours):
+    x0, y0, x1, y1 = det["bbox"]
+    draw.rectangle((x0, y0, x1, y1), outline=colour, width=2)
+    draw.text((x0 + 2, max(y0 - 12, 0)), f"{det['category_name']} {det['score']:.2f}", fill=colour)
+  return np.asarray(drawn)
+
+
+def _write_atomically(path: str, write) -> None:
+  """Writes via a temporary file in the same directory, so a failure never leaves a half-written output."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def run_image(args: argparse.Namespace, model: MaskRCNN, metadata: dict[str, Any]) -> None:
+  image = read_image(args.image)
+  detections = detect_image(model, metadata, image, args.score_thresh)
+  record = dict(
+    image=args.image, height=int(image.shape[0]), width=int(image.shape[1]),
+    detections=[{k: v for k, v in d.items() if k != "mask"} | {"segmentation": encode_mask(d["mask"])}
+                for d in detections],
+  )
+
+  def write_json(tmp):
+    with open(tmp, "w") as f:
+      json.dump(record, f)
+
+  _write_atomically(args.json, write_json)
+  if args.out:
+    _write_atomically(args.out, lambda tmp: Image.fromarray(overlay(image, detections)).save(tmp, format="PNG"))
+  print(f"{len(detections)} detections with score >= {args.score_thresh} -> {args.json}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m maskprop_jax.demo", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--params", required=True, help="parameter directory (python -m maskprop_jax.convert)")
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--image", help="an image file (JPEG, PNG, ...)")
+  parser.add_argument("--json", required=True, help="where to write the detections")
+  parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score reported (default 0.5)")
+  parser.add_argument("--out", help="where to write an overlay PNG")
+  return parser.parse_args(argv)
+
+
+@report_input_errors
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  model, metadata = params_io.load_params(args.params, abstract_mask_rcnn)
+  if args.image is not None:
+    run_image(args, model, metadata)
+
+
+if __name__ == "__main__":
+  main()
