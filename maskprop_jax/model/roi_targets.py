@@ -52,7 +52,8 @@ def label_candidates(
 ) -> tuple[jax.Array, jax.Array]:
   """One image's candidates [N, 4] -> (labels [N]: class, 0 background, -1 ignored; matched gt [N] >= 0)."""
   iou = box_ops.box_iou(gt_boxes, candidates)  # [G, N]
-  matches = matcher.match(iou, gt_valid, fg_iou_thresh, bg_iou_thresh, False, pred_valid=candidate_valid)
+  matches = matcher.match(iou, gt_valid, fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False,
+                          pred_valid=candidate_valid)
   matched_gt = jnp.maximum(matches, 0)  # [N]
   labels = gt_labels[matched_gt].astype(jnp.int32)
   labels = jnp.where(matches == matcher.BELOW_LOW_THRESHOLD, 0, labels)
@@ -99,6 +100,9 @@ def sample_rois(
 
   Returns:
     RoISample with S = min(batch_size_per_image, P + G) slots unless a choice is injected.
+
+  Raises:
+    ValueError: sampled_index without sampled_valid.
   """
   candidates = jnp.concatenate([proposals, gt_boxes.astype(proposals.dtype)], axis=1)  # [B, N, 4]
   candidate_valid = jnp.concatenate([proposal_valid, gt_valid], axis=1)  # [B, N]
