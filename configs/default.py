@@ -1,0 +1,62 @@
+"""Defaults shared by every config: MaskProp R50-FPN on YouTube-VIS 2019 with the paper's clip length.
+
+Configs override these in their own get_config(); any field can also be set on the command line, e.g.
+`python train.py --config configs/ytvis.py --workdir runs/ytvis --config.train.global_batch_size=16`.
+"""
+
+import ml_collections
+
+from maskprop_jax.model.config import mask_rcnn_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict(dict(
+      name="ytvis2019",
+      root="data/ytvis2019",
+      annotations={"train": "train.json", "valid": "valid.json"},
+      images={"train": "train/JPEGImages", "valid": "valid/JPEGImages"},
+      tfds_dir="data/tfds",
+      train_split="train",
+      val_split="valid",
+      image_hw=(384, 640),  # padded training canvas; frames are resized to scale_range (min side) within it
+      scale_range=(288, 384),
+      flip=True,
+      max_instances=10,
+      num_ref_frames=2,  # K reference frames per training clip
+      max_ref_offset=6,  # drawn within +-T of the center frame (T = 6 in the paper)
+      worker_count=4,
+      synthetic=ml_collections.ConfigDict(dict(
+          train_videos=0, val_videos=0, seed=0, height=128, width=192, min_frames=8, max_frames=40)),
+  ))
+
+  config.model = ml_collections.ConfigDict()
+  config.model.detector = mask_rcnn_config("maskrcnn_resnet50_fpn")
+  config.model.detector.num_classes = 41  # YouTube-VIS 2019: 40 categories + background
+  config.model.detector.input.min_size = 360
+  config.model.detector.input.max_size = 640
+  # Converted COCO weights (python -m maskprop_jax.convert ...); the class-specific layers are re-initialised.
+  config.model.init_from = ""
+  config.model.propagation = ml_collections.ConfigDict(dict(
+      level=1,  # FPN level the masks are propagated on: 0 = P2 (stride 4), 1 = P3 (stride 8)
+      offset_width=128, num_deform_layers=1, kernel_size=3, head_width=128, head_depth=2, use_foreground=True,
+      impl="auto", loss_weight=1.0))
+  config.model.compute_dtype = "float32"  # "bfloat16" for the convolutions on GPUs and TPUs
+
+  config.train = ml_collections.ConfigDict(dict(
+      global_batch_size=16, num_steps=60_000, log_every=50, checkpoint_every=2_000, keep_checkpoints=3,
+      eval_every=0, profile_steps=0))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_steps=1_000, warmup_factor=0.001,
+      schedule="step", decay_steps=(40_000, 53_000), gamma=0.1, clip_grad_norm=0.0,
+      # torchvision's pretrained detectors keep the stem and the first stage frozen.
+      frozen_patterns=(r"^detector/backbone/body/(conv1|bn1|layer1)/",)))
+
+  config.inference = ml_collections.ConfigDict(dict(
+      half_window=6,  # T: a clip spans 2T+1 frames
+      clip_stride=1,  # a clip centred at every s-th frame
+      score_thresh=0.3, max_instances=10, match_threshold=0.3, mask_threshold=0.5))
+  return config

@@ -1,0 +1,49 @@
+"""Checkpoints of the train state and the data iterator with orbax, and restoring with a fallback.
+
+One checkpoint holds the train state (step, trainable and frozen model state, optimizer state) and the grain
+iterator's state, so a resumed run sees exactly the batches an uninterrupted one would have. Saving is
+asynchronous; every process takes part, as orbax requires on multi-host runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+
+def create_manager(workdir: str | Path, *, keep: int, save_every: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
+                                         enable_async_checkpointing=True)
+  return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any, *, force: bool = False) -> bool:
+  """Saves when the step is due (or `force`); returns whether a save started."""
+  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    data=grain.checkpoint.CheckpointSave(data_iterator)),
+                      force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator: Any) -> Any | None:
+  """The newest readable checkpoint's train state (the iterator, if given, is restored in place), or None.
+
+  A checkpoint that cannot be read (a half-written directory after a crash, a corrupted file) is skipped with a
+  warning and the one before it is tried.
+  """
+  items = dict(state=ocp.args.StandardRestore(abstract_state))
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # orbax raises many types for unreadable checkpoints; any of them means "skip it"
+      logging.warning("checkpoint at step %d in %s cannot be read (%s: %s); trying the one before",
+                      step, manager.directory, type(e).__name__, e)
+      continue
+    logging.info("restored checkpoint at step %d from %s", step, manager.directory)
+    return restored.state
+  return None

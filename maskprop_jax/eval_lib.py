@@ -1,0 +1,88 @@
+"""Evaluation: MaskProp inference over a split, the results files, video AP where ground truth exists, timings.
+
+Writes `<workdir>/results/<split>.json` (the YouTube-VIS submission format), `<split>.zip` (what the servers
+take) and, where the annotation file has ground truth, `<split>_metrics.json` with the 12 YouTube-VIS stats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Iterable
+
+import jax
+import ml_collections
+
+from maskprop_jax import evaluation, inference, visualize
+from maskprop_jax.data import from_config, video_reader, ytvis
+from maskprop_jax.model import maskprop
+
+STAGES = ("backbone", "detection", "propagation", "linking")
+
+
+def predict_videos(model: maskprop.MaskProp, config: ml_collections.ConfigDict,
+                   videos: Iterable[video_reader.VideoFrames], category_ids: list[int],
+                   timer: inference.Timer | None = None) -> tuple[list[evaluation.PredictedTrack], int]:
+  """Video-level tracks of every video, as results entries (dataset category ids); and the frame count."""
+  predictor = inference.VideoPredictor(model, inference.ClipSettings.from_config(config))
+  predictions, num_frames = [], 0
+  for video in videos:
+    tracks = predictor(video, video.num_frames, (video.height, video.width), timer=timer)
+    num_frames += video.num_frames
+    for track in tracks:
+      predictions.append(evaluation.PredictedTrack(video_id=video.video_id, category_id=category_ids[track.label - 1],
+                                                   score=track.score, masks=track.segmentations))
+  return predictions, num_frames
+
+
+def evaluate_split(config: ml_collections.ConfigDict, model: maskprop.MaskProp, workdir: str | Path, *,
+                   split: str, step: int | None = None, images_dir: str | None = None,
+                   annotation_file: str | None = None, benchmark: bool = False,
+                   num_overlays: int = 0) -> dict[str, float]:
+  """Runs inference over a split (or any YouTube-VIS folder), writes results and returns the metrics."""
+  if annotation_file:
+    dataset = ytvis.load_ytvis(annotation_file, images_dir)
+    videos = list(video_reader.videos_from_ytvis(dataset))
+  else:
+    annotation_file = str(from_config.annotation_file(config, split))
+    dataset = ytvis.load_ytvis(annotation_file)
+    videos = list(from_config.eval_videos(config, split))
+  if len(dataset.category_ids) != model.num_classes:
+    raise ValueError(f"{annotation_file} has {len(dataset.category_ids)} categories, the model predicts "
+                     f"{model.num_classes}")
+  model.eval()
+  timer = inference.Timer(sync=benchmark)
+  start = time.perf_counter()
+  predictions, num_frames = predict_videos(model, config, videos, dataset.category_ids, timer)
+  seconds = time.perf_counter() - start
+
+  out_dir = Path(workdir) / "results"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  evaluation.write_results(predictions, out_dir / f"{split}.json")
+  evaluation.write_results(predictions, out_dir / f"{split}.zip")
+  scores: dict[str, float] = {}
+  if dataset.has_annotations:
+    scores = evaluation.evaluate(annotation_file, str(out_dir / f"{split}.json"))
+    payload = dict(scores, step=step) if step is not None else scores
+    (out_dir / f"{split}_metrics.json").write_text(json.dumps(payload, indent=2))
+    logging.info("%s video AP at step %s: %s", split, step, json.dumps(scores))
+  if num_overlays:
+    visualize.write_overlay_gifs(videos[:num_overlays], predictions, dataset, out_dir / "overlays")
+  if benchmark:
+    scores.update(benchmark_figures(timer, num_frames, seconds))
+  return scores
+
+
+def benchmark_figures(timer: inference.Timer, num_frames: int, seconds: float) -> dict[str, float]:
+  """frames/s, milliseconds per frame by stage, and peak host and device memory."""
+  figures = {"frames_per_second": num_frames / seconds, "ms_per_frame": 1000 * seconds / num_frames}
+  for stage in STAGES:
+    figures[f"ms_per_frame/{stage}"] = 1000 * timer.seconds.get(stage, 0.0) / num_frames
+  figures["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    figures["peak_device_memory_mb"] = stats["peak_bytes_in_use"] / 2**20
+  return figures

@@ -1,0 +1,131 @@
+"""Streaming MaskProp inference over a video of any length.
+
+Clips are centred at every s-th frame. Every frame goes through the backbone once; its features stay in a cache
+only while a clip window still needs them, and finished frames leave the linker as RLE, so memory is bounded by
+the clip window (2T+1 frames), not by the video's length. Each clip gives clip-level tracks: the center frame's
+detections (class, score, mask from Mask R-CNN) and their masks propagated to every frame of the window; the
+linker joins them into video-level tracks as they come.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from maskprop_jax import linking
+from maskprop_jax.model import maskprop
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSettings:
+  half_window: int  # T: a clip spans frames c-T .. c+T
+  clip_stride: int  # s: clips are centred at frames 0, s, 2s, ...
+  score_thresh: float
+  match_threshold: float
+  mask_threshold: float
+
+  @classmethod
+  def from_config(cls, config) -> "ClipSettings":
+    c = config.inference
+    return cls(c.half_window, c.clip_stride, c.score_thresh, c.match_threshold, c.mask_threshold)
+
+
+def clip_windows(num_frames: int, half_window: int, stride: int) -> list[tuple[int, int, int]]:
+  """(center, start, stop) of every clip; windows are cut at the ends of the video."""
+  if num_frames <= 0:
+    raise ValueError("a video needs at least one frame")
+  centers = list(range(0, num_frames, stride))
+  if centers[-1] != num_frames - 1 and stride > 1:
+    centers.append(num_frames - 1)  # the last frames are covered by a clip of their own
+  return [(c, max(0, c - half_window), min(num_frames, c + half_window + 1)) for c in centers]
+
+
+class Timer:
+  """Wall time per stage; `sync` waits for the device so that asynchronous dispatch is charged correctly."""
+
+  def __init__(self, sync: bool):
+    self.sync = sync
+    self.seconds = collections.defaultdict(float)
+
+  def time(self, stage: str, fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    if self.sync:
+      out = jax.block_until_ready(out)
+    self.seconds[stage] += time.perf_counter() - start
+    return out
+
+
+class VideoPredictor:
+  """Runs a MaskProp model over videos; one compiled program per input canvas size."""
+
+  def __init__(self, model: maskprop.MaskProp, settings: ClipSettings):
+    self.model = model
+    self.settings = settings
+    self._features_by_geometry = {}  # one compiled program per video size
+    self._detect = nnx.jit(lambda m, feats, hw: m.detect(feats, hw))
+    self._propagate = nnx.jit(lambda m, center, masks, refs: m.propagate(center, masks, refs))
+
+  def __call__(self, frames: Iterable[np.ndarray], num_frames: int, video_hw: tuple[int, int], *,
+               timer: Timer | None = None) -> list[linking.VideoTrack]:
+    """Video-level tracks of one video whose frames arrive in order (uint8 [H, W, 3] each)."""
+    timer = timer or Timer(sync=False)
+    model, s = self.model, self.settings
+    geometry = maskprop.InputGeometry.for_video(model.config, video_hw)
+    linker = linking.TrackLinker(num_frames, geometry.mask_hw, tuple(video_hw), model.num_classes,
+                                 match_threshold=s.match_threshold, mask_threshold=s.mask_threshold)
+    windows = collections.deque(clip_windows(num_frames, s.half_window, s.clip_stride))
+    cache: dict[int, list[jax.Array]] = {}  # frame -> FPN features [1, h, w, C] per level
+    frames = iter(frames)
+    for frame_index in range(num_frames):
+      try:
+        frame = next(frames)
+      except StopIteration:
+        raise ValueError(f"the video promised {num_frames} frames but ended after {frame_index}") from None
+      if frame.shape[:2] != tuple(video_hw):
+        raise ValueError(f"frame {frame_index} is {frame.shape[:2]}, the video's frames are {tuple(video_hw)}")
+      cache[frame_index] = timer.time("backbone", self._frame_features(geometry), model, frame)
+      # Every clip whose window has now been read in full runs, in order.
+      while windows and windows[0][2] - 1 <= frame_index:
+        center, start, stop = windows.popleft()
+        tracks = self._clip_tracks(cache, center, start, stop, geometry, timer)
+        timer.time("linking", linker.add_clip, tracks)
+        next_start = windows[0][1] if windows else num_frames
+        for old in [f for f in cache if f < next_start]:
+          del cache[old]
+    return timer.time("linking", linker.finish)
+
+  def _frame_features(self, geometry: maskprop.InputGeometry):
+    if geometry not in self._features_by_geometry:
+      self._features_by_geometry[geometry] = nnx.jit(lambda m, frame: m.frame_features(frame, geometry))
+    return self._features_by_geometry[geometry]
+
+  def _clip_tracks(self, cache, center, start, stop, geometry, timer) -> list[linking.ClipTrack]:
+    model, s = self.model, self.settings
+    hw = jnp.asarray([geometry.resized_hw], jnp.int32)
+    detections = timer.time("detection", self._detect, model, cache[center], hw)
+    keep = np.flatnonzero(np.asarray(detections.valid[0]) & (np.asarray(detections.scores[0]) >= s.score_thresh))
+    if keep.size == 0:
+      return []
+    level = model.propagation_level
+    # Pad the window to its full length so that one program serves every clip, the video's ends included.
+    frames_in_window = [min(max(f, start), stop - 1) for f in range(center - s.half_window,
+                                                                     center + s.half_window + 1)]
+    refs = jnp.concatenate([cache[f][level] for f in frames_in_window])  # [2T+1, h, w, C]
+    probs = timer.time("propagation", self._propagate, model, cache[center][level],
+                       detections.feature_masks, refs)  # [2T+1, D, h, w]
+    offset = start - (center - s.half_window)
+    probs = np.array(probs[offset:offset + stop - start])
+    # On its own frame an instance keeps the mask Mask R-CNN gave it, as in the paper.
+    probs[center - start] = np.asarray(detections.feature_masks[0])
+    mask_h, mask_w = geometry.mask_hw
+    probs = probs[:, :, :mask_h, :mask_w]  # the part of the canvas the image covers
+    class_probs = np.asarray(detections.class_probs[0])
+    return [linking.ClipTrack(start=start, masks=probs[:, d], class_probs=class_probs[d]) for d in keep]

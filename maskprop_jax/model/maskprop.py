@@ -1,0 +1,202 @@
+"""The MaskProp model: Mask R-CNN on the center frame of a clip, mask propagation to its other frames.
+
+Training (`compute_losses`) takes a batch of the clip pipeline (data/pipeline.py): every frame of every clip goes
+through the shared backbone; Mask R-CNN's five losses are computed on the center frames; the center-frame masks
+that drive propagation are the mask head's predictions for the ground-truth boxes (the positive detections
+torchvision's RoI heads always include, matched to their ground truth with IoU 1), and the propagated masks are
+scored with the soft-IoU loss against the same track's mask in each reference frame (empty where it is absent).
+
+Inference (`features`, `detect`, `propagate`) is split so that inference.py can compute each frame's features
+once and reuse them across the clips that share the frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from maskprop_jax.model import mask_rcnn, propagation, transform
+from maskprop_jax.model.paste_masks import paste_masks_in_image
+from maskprop_jax.model.roi_heads import select_class_masks
+
+FPN_STRIDES = (4, 8, 16, 32, 64)
+
+
+class ClipDetections(NamedTuple):
+  """Center-frame detections of one frame, padded to D = detections_per_img."""
+
+  boxes: jax.Array  # [1, D, 4] in pixels of the resized frame
+  scores: jax.Array  # [1, D]
+  labels: jax.Array  # [1, D] contiguous class 1..C
+  class_probs: jax.Array  # [1, D, C] score on the label's entry (what linking averages over clips)
+  feature_masks: jax.Array  # [1, D, h, w] mask probabilities at the propagation level's resolution
+  valid: jax.Array  # [1, D]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputGeometry:
+  """How frames of one video size enter the network: resized size, padded canvas, mask grid."""
+
+  video_hw: tuple[int, int]
+  resized_hw: tuple[int, int]
+  canvas_hw: tuple[int, int]
+  mask_hw: tuple[int, int]  # cells of the propagation level that the resized frame covers
+
+  @classmethod
+  def for_video(cls, config: ml_collections.ConfigDict, video_hw: tuple[int, int]) -> "InputGeometry":
+    detector = config.detector.input
+    resized = transform.resized_hw(tuple(video_hw), detector.min_size, detector.max_size)
+    canvas = transform.padded_hw(resized, detector.size_divisible)
+    stride = FPN_STRIDES[config.propagation.level]
+    return cls(tuple(video_hw), resized, canvas, (math.ceil(resized[0] / stride), math.ceil(resized[1] / stride)))
+
+
+class MaskProp(nnx.Module):
+  """`detector` (a torchvision-compatible Mask R-CNN) and `propagation` (the mask propagation branch)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.config = ml_collections.FrozenConfigDict(config)
+    self.detector = mask_rcnn.MaskRCNN(config.detector, rngs=rngs)
+    p = config.propagation
+    self.propagation = propagation.PropagationHead(
+        config.detector.backbone.fpn_channels, offset_width=p.offset_width, num_deform_layers=p.num_deform_layers,
+        kernel_size=p.kernel_size, head_width=p.head_width, head_depth=p.head_depth,
+        use_foreground=p.use_foreground, impl=p.impl, rngs=rngs)
+
+  @property
+  def num_classes(self) -> int:
+    """Foreground classes C (the detector's classes less the background)."""
+    return self.config.detector.num_classes - 1
+
+  @property
+  def propagation_level(self) -> int:
+    return self.config.propagation.level
+
+  @property
+  def stride(self) -> int:
+    return FPN_STRIDES[self.config.propagation.level]
+
+  def features(self, images: jax.Array, image_hw: jax.Array) -> list[jax.Array]:
+    """FPN levels P2..P6 of uint8 RGB canvases [N, H, W, 3] whose content is image_hw [N, 2].
+
+    As in torchvision, the canvas beyond the image is zero after normalisation.
+    """
+    x = self.detector.normalize(images)
+    height, width = images.shape[1:3]
+    inside = ((jnp.arange(height)[None, :, None] < image_hw[:, 0, None, None])
+              & (jnp.arange(width)[None, None, :] < image_hw[:, 1, None, None]))  # [N, H, W]
+    return self.detector.backbone(jnp.where(inside[..., None], x, 0.0))
+
+  def frame_features(self, frame: jax.Array, geometry: InputGeometry) -> list[jax.Array]:
+    """Features of one original-size frame uint8 [H, W, 3] (resized and padded as the detector expects)."""
+    resized = transform.resize_bilinear(frame.astype(jnp.float32), geometry.resized_hw)
+    canvas = transform.pad_to(jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8), geometry.canvas_hw)
+    return self.features(canvas[None], jnp.asarray([geometry.resized_hw], jnp.int32))
+
+  def instance_masks(self, mask_probs: jax.Array, boxes: jax.Array, image_hw: jax.Array,
+                     canvas_hw: tuple[int, int]) -> jax.Array:
+    """28x28 box-relative masks [N, D, M, M] -> masks on the propagation level's grid [N, D, h, w]."""
+    pasted = paste_masks_in_image(mask_probs, boxes, canvas_hw, image_hw[:, None, :])  # [N, D, H, W]
+    return propagation.downsample_masks(pasted, self.stride)
+
+  def detect(self, features: list[jax.Array], image_hw: jax.Array) -> ClipDetections:
+    """Mask R-CNN detections of one frame's features (batch of 1), with masks on the propagation grid."""
+    canvas_hw = (features[0].shape[1] * FPN_STRIDES[0], features[0].shape[2] * FPN_STRIDES[0])
+    proposals, _ = self.detector.rpn(features, image_hw, canvas_hw)
+    det = self.detector.roi_heads.detect(features[:mask_rcnn.NUM_POOLED_LEVELS], proposals.boxes, proposals.valid,
+                                         image_hw, canvas_hw)
+    class_probs = jax.nn.one_hot(det.labels - 1, self.num_classes) * det.scores[..., None]
+    feature_masks = self.instance_masks(det.masks, det.boxes, image_hw, canvas_hw)
+    return ClipDetections(det.boxes, det.scores, det.labels, jnp.where(det.valid[..., None], class_probs, 0.0),
+                          jnp.where(det.valid[..., None, None], feature_masks, 0.0), det.valid)
+
+  def propagate(self, center: jax.Array, masks: jax.Array, references: jax.Array) -> jax.Array:
+    """Mask probabilities [L, D, h, w] of the center frame's instances in each of L reference frames.
+
+    center: [1, h, w, C] features of the center frame; masks: [1, D, h, w]; references: [L, h, w, C].
+    """
+    length = references.shape[0]
+    logits, fg_logits = self.propagation(jnp.broadcast_to(center, references.shape),
+                                         jnp.broadcast_to(masks, (length,) + masks.shape[1:]), references)
+    return propagation.mask_probabilities(logits, fg_logits)
+
+
+def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
+                   key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mask R-CNN's losses on the center frames plus the weighted propagation loss: (total, every term)."""
+  frames = batch["frames"]  # [B, F, H, W, 3] uint8, frame 0 is the center
+  batch_size, num_frames, height, width = frames.shape[:4]
+  image_hw = batch["image_hw"]  # [B, 2]
+  flat_hw = jnp.repeat(image_hw, num_frames, axis=0)
+  features = model.features(frames.reshape(batch_size * num_frames, height, width, 3), flat_hw)
+  per_clip = [f.reshape(batch_size, num_frames, *f.shape[1:]) for f in features]  # [B, F, h, w, C] per level
+  center_features = [f[:, 0] for f in per_clip]
+
+  present = batch["present"]  # [B, F, M]
+  gt_valid = present[:, 0] & ~batch["crowd"] & (batch["classes"] > 0)  # [B, M]
+  gt = mask_rcnn.GroundTruth(boxes=batch["boxes"][:, 0], labels=batch["classes"], masks=batch["masks"][:, 0],
+                             valid=gt_valid)
+  rpn_key, roi_key = jax.random.split(key)
+  detector = model.detector
+  proposals, rpn_losses = detector.rpn(center_features, image_hw, (height, width), training=True,
+                                       gt_boxes=gt.boxes, gt_valid=gt.valid, key=rpn_key)
+  roi_losses, _ = detector.roi_heads.losses(
+      center_features[:mask_rcnn.NUM_POOLED_LEVELS], proposals.boxes, proposals.valid, gt_boxes=gt.boxes,
+      gt_labels=gt.labels, gt_masks=gt.masks, gt_valid=gt.valid, image_hw=image_hw, input_hw=(height, width),
+      key=roi_key)
+  losses = {**rpn_losses, **roi_losses}
+
+  # Center masks: the mask head on the ground-truth boxes, its own loss trains it, so no gradient flows back here.
+  mask_logits = detector.roi_heads.mask_logits(center_features[:mask_rcnn.NUM_POOLED_LEVELS], gt.boxes, gt.valid,
+                                               (height, width))
+  center_probs = jax.lax.stop_gradient(select_class_masks(mask_logits, jnp.maximum(gt.labels, 1)))
+  center_masks = model.instance_masks(center_probs, gt.boxes, image_hw, (height, width))  # [B, M, h, w]
+  center_masks = jnp.where(gt_valid[..., None, None], center_masks, 0.0)
+
+  level = model.propagation_level
+  num_refs = num_frames - 1
+  refs = per_clip[level][:, 1:].reshape(batch_size * num_refs, *per_clip[level].shape[2:])  # [B*K, h, w, C]
+  centers = jnp.repeat(per_clip[level][:, 0], num_refs, axis=0)
+  logits, fg_logits = model.propagation(centers, jnp.repeat(center_masks, num_refs, axis=0), refs)
+  probs = propagation.mask_probabilities(logits, fg_logits)  # [B*K, M, h, w]
+  targets = propagation.downsample_masks(batch["masks"][:, 1:], model.stride)  # [B, K, M, h, w]
+  targets = targets.reshape(batch_size * num_refs, *targets.shape[2:])
+  track_valid = jnp.repeat(gt_valid, num_refs, axis=0)  # the instance is on the center frame
+  losses["loss_propagation"] = propagation.soft_iou_loss(probs, targets, track_valid)
+  if fg_logits is not None:
+    foreground = jnp.max(targets, axis=1)  # [B*K, h, w]: every track of the clip, instance-agnostic
+    losses["loss_foreground"] = jnp.mean(optax.sigmoid_binary_cross_entropy(fg_logits, foreground))
+  weights = {"loss_propagation": model.config.propagation.loss_weight}
+  total = sum(weights.get(name, 1.0) * value for name, value in losses.items())
+  return total, losses
+
+
+def load_detector_params(model: MaskProp, params_dir: str) -> None:
+  """Loads converted Mask R-CNN weights (python -m maskprop_jax.convert ...) into the model's detector.
+
+  Layers whose shapes differ (the class-specific predictors when the class count changes) keep their
+  initialisation, as fine-tuning from COCO does.
+  """
+  from maskprop_jax.convert import params_io  # orbax only when loading
+
+  loaded = params_io.load_params(params_dir, mask_rcnn.abstract_mask_rcnn)
+  target = nnx.state(model.detector)
+  source = nnx.state(loaded)
+  flat_target = dict(nnx.to_flat_state(target))
+  replaced = 0
+  for path, value in nnx.to_flat_state(source):
+    current = flat_target.get(path)
+    if current is not None and np.shape(current.value) == np.shape(value.value):
+      current.value = value.value
+      replaced += 1
+  if replaced == 0:
+    raise ValueError(f"{params_dir}: no parameter of the converted detector fits this model's detector")
+  nnx.update(model.detector, nnx.from_flat_state(flat_target))

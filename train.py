@@ -1,0 +1,42 @@
+"""Trains MaskProp: `python train.py --config configs/<name>.py --workdir DIR [--config.key=value ...]`.
+
+Rerunning the same command continues from the latest checkpoint in DIR (after a preemption, too).
+On several hosts, run it on every host; TPU pods and SLURM are detected, elsewhere pass --coordinator_address,
+--num_processes and --process_id.
+"""
+
+import json
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from maskprop_jax import distributed, train_lib
+from maskprop_jax.errors import InputError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training configuration (a configs/*.py file).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard summaries and results.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs off TPU/SLURM.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
+  try:
+    scores = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (InputError, train_lib.NonFiniteLossError) as e:
+    print(f"train.py: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if scores and jax.process_index() == 0:
+    print(json.dumps(scores, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
