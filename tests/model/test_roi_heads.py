@@ -61,8 +61,9 @@ def _scene(seed=0):
     # Jittered copies of the gt boxes (positives) and random boxes (mostly negatives), clipped to the image.
     base = gt_boxes[b, rng.integers(0, counts[b], count)]
     jitter = rng.normal(scale=6.0, size=(count, 4))
-    random_boxes = np.sort(rng.uniform(0, [w, h, w, h], size=(count, 4)).reshape(count, 2, 2), axis=1)
-    random_boxes = random_boxes.transpose(0, 2, 1).reshape(count, 4)[:, [0, 2, 1, 3]]
+    corners = rng.uniform(0, [w, h, w, h], size=(count, 4))
+    random_boxes = np.concatenate([np.minimum(corners[:, :2], corners[:, 2:]),
+                                   np.maximum(corners[:, :2], corners[:, 2:])], 1)
     boxes = np.where(rng.uniform(size=(count, 1)) < 0.5, base + jitter, random_boxes)
     boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 2)
     proposals[b, :count] = np.clip(boxes, 0, [w, h, w, h])
@@ -76,18 +77,23 @@ def test_sample_rois_counts_and_targets_by_hand():
   gt_boxes = jnp.array([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0]]])
   sample = roi_targets.sample_rois(
       proposals, jnp.array([[True, True, True, False]]), gt_boxes, jnp.array([[3, 0]]), jnp.array([[True, False]]),
-      jax.random.key(0), batch_size_per_image=4, positive_fraction=0.5)
-  # Candidates: 4 proposals + 2 gt slots; positives: proposals 0, 1 and the appended gt (index 4);
-  # negatives: proposal 2; proposal 3 and gt slot 5 are padding. Two positives, then the negative.
-  assert sample.valid.tolist() == [[True, True, True, False]]
-  chosen = sample.index[0, :3].tolist()
-  assert chosen == sorted(chosen) and 2 in chosen and len({0, 1, 4} & set(chosen)) == 2
-  assert sorted(sample.labels[0, :3].tolist()) == [0, 3, 3]
-  assert sample.labels[0, 3] == 0
-  row = chosen.index(1) if 1 in chosen else None
-  if row is not None:  # proposal 1 (height 9) regresses to the gt (height 10): dh = 5 * log(10 / 9)
-    np.testing.assert_allclose(sample.regression_targets[0, row], [0, 10 * 0.5 / 9, 0, 5 * np.log(10 / 9)],
-                               rtol=1e-5)
+      jax.random.key(0), batch_size_per_image=3, positive_fraction=0.5)
+  # Candidates: 4 proposals + 2 gt slots; positives: proposals 0, 1 and the appended gt (index 4); negative:
+  # proposal 2; proposal 3 and gt slot 5 are padding. At most int(3 * 0.5) = 1 positive, so 1 + 1 are drawn.
+  assert sample.valid.tolist() == [[True, True, False]]
+  first, second = sample.index[0, :2].tolist()
+  assert first < second and 2 in (first, second) and {first, second} - {2} <= {0, 1, 4}
+  assert sorted(sample.labels[0, :2].tolist()) == [0, 3]
+
+  # With room for every candidate, all valid ones are taken, in index order, with their targets.
+  sample = roi_targets.sample_rois(
+      proposals, jnp.array([[True, True, True, False]]), gt_boxes, jnp.array([[3, 0]]), jnp.array([[True, False]]),
+      jax.random.key(0), batch_size_per_image=6, positive_fraction=1.0)
+  assert sample.index[0, :4].tolist() == [0, 1, 2, 4] and sample.valid.sum() == 4
+  assert sample.labels[0].tolist() == [3, 3, 0, 3, 0, 0]
+  # Proposal 1 (height 9) regresses onto the gt (height 10): dy = 10 * 0.5 / 9, dh = 5 * log(10 / 9).
+  np.testing.assert_allclose(sample.regression_targets[0, 1], [0, 10 * 0.5 / 9, 0, 5 * np.log(10 / 9)], rtol=1e-5)
+  np.testing.assert_allclose(sample.regression_targets[0, 2], 0.0)  # background: no target
 
 
 def test_losses_are_finite_and_differentiable_with_random_sampling():
@@ -149,7 +155,9 @@ def test_training_losses_match_torchvision_with_its_sampled_rois(variant):
   heads, model = _torch_heads(variant)
   features, proposals, proposal_valid, gt_boxes, gt_labels, gt_masks, gt_valid = _scene(seed=1)
   feats, props, image_shapes = _torch_inputs(features, proposals, proposal_valid)
-  targets = [dict(boxes=torch.from_numpy(gt_boxes[b][gt_valid[b]]), labels=torch.from_numpy(gt_labels[b][gt_valid[b]]).long(),
+  # torchvision's targets: unpadded lists, masks at the image size (before the batch's padding).
+  targets = [dict(boxes=torch.from_numpy(gt_boxes[b][gt_valid[b]]),
+                  labels=torch.from_numpy(gt_labels[b][gt_valid[b]]).long(),
                   masks=torch.from_numpy(gt_masks[b][gt_valid[b]][:, :IMAGE_HW[b, 0], :IMAGE_HW[b, 1]]))
              for b in range(2)]
   recorded = []
