@@ -17,8 +17,8 @@ def get_config():
   data.root = "data/synthetic"
   data.image_hw = (128, 192)
   data.scale_range = (112, 128)
-  data.max_instances = 6
-  data.num_ref_frames = 2
+  data.max_instances = 5
+  data.num_ref_frames = 1
   data.max_ref_offset = 6
   data.worker_count = 0
   data.synthetic.update(dict(train_videos=120, val_videos=12, seed=0, height=128, width=192))
@@ -30,9 +30,9 @@ def get_config():
   detector.anchors.sizes = ((16,), (32,), (64,), (128,), (256,))
   detector.rpn.update(dict(pre_nms_top_n_train=600, post_nms_top_n_train=300, pre_nms_top_n_test=300,
                            post_nms_top_n_test=100, batch_size_per_image=128))
-  detector.roi_heads.update(dict(box_fc_dim=256, mask_layers=(64, 64), batch_size_per_image=128,
+  detector.roi_heads.update(dict(box_fc_dim=256, mask_layers=(32, 32), batch_size_per_image=64,
                                  detections_per_img=20))
-  config.model.propagation.update(dict(level=0, offset_width=32, head_width=32, head_depth=2))
+  config.model.propagation.update(dict(level=0, offset_width=16, head_width=16, head_depth=1))
 
   config.train.update(dict(global_batch_size=4, num_steps=1500, log_every=50, checkpoint_every=500))
   config.optimizer.update(dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=100, warmup_factor=0.01,

@@ -72,7 +72,7 @@ def interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
 
 
 class _Binarizer:
-  """Upsamples a soft mask to the video's size and thresholds it, computing only where the result can be 1.
+  """Upsamples a soft mask to the video's size, thresholds and RLE-encodes it, only where the result can be 1.
 
   A bilinear output is a convex combination of input pixels, so it can reach the threshold only where one of the
   input pixels it draws on does: outside the rows and columns that draw on the input's above-threshold box, the
@@ -85,8 +85,8 @@ class _Binarizer:
     self.ry = interpolation_matrix(mask_hw[0], video_hw[0])  # [H, h]
     self.rx = interpolation_matrix(mask_hw[1], video_hw[1])  # [W, w]
 
-  def __call__(self, soft: np.ndarray) -> np.ndarray | None:
-    """soft: [h, w] -> uint8 [H, W] in Fortran order (as RLE encoding wants it), or None if nothing is set."""
+  def __call__(self, soft: np.ndarray) -> dict | None:
+    """soft: [h, w] -> compressed RLE (str counts) of the [H, W] binary mask, or None when nothing is set."""
     rows_in, cols_in = np.nonzero(soft >= self.threshold)
     if rows_in.size == 0:
       return None
@@ -96,9 +96,30 @@ class _Binarizer:
     sr0, sr1 = _span(self.ry[r0:r1].T)
     sc0, sc1 = _span(self.rx[c0:c1].T)
     patch = self.ry[r0:r1, sr0:sr1] @ soft[sr0:sr1, sc0:sc1] @ self.rx[c0:c1, sc0:sc1].T
-    binary = np.zeros(self.video_hw, np.uint8, order="F")
-    binary[r0:r1, c0:c1] = patch >= self.threshold
-    return binary
+    return encode_patch(patch >= self.threshold, r0, c0, self.video_hw)
+
+
+def encode_patch(patch: np.ndarray, top: int, left: int, image_hw: tuple[int, int]) -> dict | None:
+  """COCO RLE of an [H, W] mask that is zero outside `patch` (bool [ph, pw] at row `top`, column `left`).
+
+  Run boundaries are found in the patch alone, so the cost follows the object's size, not the frame's.
+  """
+  height, width = image_hw
+  if not patch.any():
+    return None
+  # Columns as rows (RLE runs column-major), with a zero above and below each: every run closes in its column.
+  padded = np.zeros((patch.shape[1], patch.shape[0] + 2), np.int8)
+  padded[:, 1:-1] = patch.T
+  change_col, change_row = np.nonzero(np.diff(padded, axis=1))
+  positions = (left + change_col) * height + top + change_row
+  if patch.shape[0] == height:
+    # A run ending at the bottom of one column and one starting at the top of the next are a single run.
+    unique, counts = np.unique(positions, return_counts=True)
+    positions = unique[counts == 1]
+  boundaries = np.concatenate([[0], positions, [height * width]])
+  rle = mask_utils.frPyObjects({"counts": np.diff(boundaries).tolist(), "size": [height, width]}, height, width)
+  rle["counts"] = rle["counts"].decode("ascii")
+  return rle
 
 
 def _span(weights: np.ndarray) -> tuple[int, int]:
@@ -258,11 +279,7 @@ class TrackLinker:
         total = live.mask_sum.pop(frame, None)
         if total is None:
           continue
-        binary = self._binarize(total.reshape(self.mask_hw) / live.mask_count.pop(frame))
-        if binary is not None and binary.any():
-          rle = mask_utils.encode(binary)
-          rle["counts"] = rle["counts"].decode("ascii")
-          live.segmentations[frame] = rle
+        live.segmentations[frame] = self._binarize(total.reshape(self.mask_hw) / live.mask_count.pop(frame))
     self._finished_before = max(self._finished_before, frame_limit)
 
 
