@@ -196,13 +196,14 @@ def test_chunked_rows_equal_single_chunk():
   conv = dict(stride=(1, 1), padding=(1, 1), dilation=(2, 2), offset_groups=2)
   args = (inputs["x"], inputs["offsets"], inputs["mask"], inputs["weight"])
   budget = 5 * 9 * CHANNELS
-  chunked = jax.jit(lambda *a: xla_impl.deform_conv2d_fwd(*a, chunk_elements=budget, **conv))(*args)
-  whole = jax.jit(lambda *a: xla_impl.deform_conv2d_fwd(*a, **conv))(*args)
-  np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
-  grads_chunked = jax.jit(lambda *a: xla_impl.deform_conv2d_bwd(*a, chunk_elements=budget, **conv))(
-      *args, inputs["out_grad"])
-  grads_whole = jax.jit(lambda *a: xla_impl.deform_conv2d_bwd(*a, **conv))(*args, inputs["out_grad"])
-  for a, b in zip(grads_chunked[:4], grads_whole[:4]):
+
+  def forward_and_backward(*a, **kw):
+    out = xla_impl.deform_conv2d_fwd(*a, **kw, **conv)
+    return (out,) + xla_impl.deform_conv2d_bwd(*a, inputs["out_grad"], **kw, **conv)[:4]
+
+  chunked = jax.jit(functools.partial(forward_and_backward, chunk_elements=budget))(*args)
+  whole = jax.jit(forward_and_backward)(*args)
+  for a, b in zip(chunked, whole):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
