@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from maskprop_jax import visualize
 from maskprop_jax.convert import params_io
 from maskprop_jax.errors import InputError, report_input_errors
 from maskprop_jax.evaluation.rle import encode_mask
@@ -64,23 +65,6 @@ def detect_image(model: MaskRCNN, metadata: dict[str, Any], image: np.ndarray, s
   return detections
 
 
-def overlay(image: np.ndarray, detections: list[dict], alpha: float = 0.5) -> np.ndarray:
-  """Masks blended in, boxes and captions drawn, one colour per detection."""
-  from PIL import ImageDraw  # noqa: PLC0415 -- only the overlay needs drawing
-
-  out = image.astype(np.float32)
-  colours = [tuple(int(c) for c in np.random.default_rng(i).integers(64, 256, 3)) for i in range(len(detections))]
-  for det, colour in zip(detections, colours):
-    out[det["mask"]] = (1 - alpha) * out[det["mask"]] + alpha * np.asarray(colour, np.float32)
-  drawn = Image.fromarray(out.astype(np.uint8))
-  draw = ImageDraw.Draw(drawn)
-  for det, colour in zip(detections, colours):
-    x0, y0, x1, y1 = det["bbox"]
-    draw.rectangle((x0, y0, x1, y1), outline=colour, width=2)
-    draw.text((x0 + 2, max(y0 - 12, 0)), f"{det['category_name']} {det['score']:.2f}", fill=colour)
-  return np.asarray(drawn)
-
-
 def _write_atomically(path: str, write) -> None:
   """Writes via a temporary file in the same directory, so a failure never leaves a half-written output."""
   directory = os.path.dirname(os.path.abspath(path))
@@ -109,7 +93,9 @@ def run_image(args: argparse.Namespace, model: MaskRCNN, metadata: dict[str, Any
 
   _write_atomically(args.json, write_json)
   if args.out:
-    _write_atomically(args.out, lambda tmp: Image.fromarray(overlay(image, detections)).save(tmp, format="PNG"))
+    instances = [(i, f"{d['category_name']} {d['score']:.2f}", d["mask"]) for i, d in enumerate(detections)]
+    drawn = visualize.overlay(image, instances)
+    _write_atomically(args.out, lambda tmp: Image.fromarray(drawn).save(tmp, format="PNG"))
   print(f"{len(detections)} detections with score >= {args.score_thresh} -> {args.json}")
 
 
