@@ -64,14 +64,22 @@ class Timer:
 
 
 class VideoPredictor:
-  """Runs a MaskProp model over videos; one compiled program per input canvas size."""
+  """Runs a MaskProp model over videos; one compiled program per input canvas size.
+
+  The predictor keeps the weights the model has when it is made: make a new one after changing them.
+  """
 
   def __init__(self, model: maskprop.MaskProp, settings: ClipSettings):
     self.model = model
     self.settings = settings
-    self._features_by_geometry = {}  # one compiled program per video size
-    self._detect = nnx.jit(lambda m, feats, hw: m.detect(feats, hw))
-    self._propagate = nnx.jit(lambda m, center, masks, refs: m.propagate(center, masks, refs))
+    # The model is split once and its state passed as a plain pytree: nnx.jit would walk the module graph on
+    # every call, tens of milliseconds each, three calls per frame, more than a small model's compute.
+    graphdef, self._state = nnx.split(model)
+    self._frame_features = jax.jit(lambda state, frame, geometry: nnx.merge(graphdef, state).frame_features(
+        frame, geometry), static_argnums=2)  # one compiled program per video size
+    self._detect = jax.jit(lambda state, feats, hw: nnx.merge(graphdef, state).detect(feats, hw))
+    self._propagate = jax.jit(lambda state, center, masks, refs: nnx.merge(graphdef, state).propagate(
+        center, masks, refs))
 
   def __call__(self, frames: Iterable[np.ndarray], num_frames: int, video_hw: tuple[int, int], *,
                timer: Timer | None = None) -> list[linking.VideoTrack]:
@@ -91,7 +99,7 @@ class VideoPredictor:
         raise ValueError(f"the video promised {num_frames} frames but ended after {frame_index}") from None
       if frame.shape[:2] != tuple(video_hw):
         raise ValueError(f"frame {frame_index} is {frame.shape[:2]}, the video's frames are {tuple(video_hw)}")
-      cache[frame_index] = timer.time("backbone", self._frame_features(geometry), model, frame)
+      cache[frame_index] = timer.time("backbone", self._frame_features, self._state, frame, geometry)
       # Every clip whose window has now been read in full runs, in order.
       while windows and windows[0][2] - 1 <= frame_index:
         center, start, stop = windows.popleft()
@@ -102,15 +110,10 @@ class VideoPredictor:
           del cache[old]
     return timer.time("linking", linker.finish)
 
-  def _frame_features(self, geometry: maskprop.InputGeometry):
-    if geometry not in self._features_by_geometry:
-      self._features_by_geometry[geometry] = nnx.jit(lambda m, frame: m.frame_features(frame, geometry))
-    return self._features_by_geometry[geometry]
-
   def _clip_tracks(self, cache, center, start, stop, geometry, timer) -> list[linking.ClipTrack]:
     model, s = self.model, self.settings
     hw = jnp.asarray([geometry.resized_hw], jnp.int32)
-    detections = timer.time("detection", self._detect, model, cache[center], hw)
+    detections = timer.time("detection", self._detect, self._state, cache[center], hw)
     keep = np.flatnonzero(np.asarray(detections.valid[0]) & (np.asarray(detections.scores[0]) >= s.score_thresh))
     if keep.size == 0:
       return []
@@ -119,7 +122,7 @@ class VideoPredictor:
     frames_in_window = [min(max(f, start), stop - 1) for f in range(center - s.half_window,
                                                                      center + s.half_window + 1)]
     refs = jnp.concatenate([cache[f][level] for f in frames_in_window])  # [2T+1, h, w, C]
-    probs = timer.time("propagation", self._propagate, model, cache[center][level],
+    probs = timer.time("propagation", self._propagate, self._state, cache[center][level],
                        detections.feature_masks, refs)  # [2T+1, D, h, w]
     offset = start - (center - s.half_window)
     probs = np.array(probs[offset:offset + stop - start])

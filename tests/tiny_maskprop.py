@@ -1,0 +1,63 @@
+"""A tiny randomly initialised MaskProp for CPU tests of inference, evaluation, the demo and propagation_eval."""
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from maskprop_jax.model import maskprop
+from maskprop_jax.model.config import tiny_mask_rcnn_config
+
+
+def tiny_config(num_classes: int = 3, half_window: int = 2, frame_hw: tuple[int, int] = (32, 48)
+                ) -> ml_collections.ConfigDict:
+  """Narrow ResNet-FPN detector for frames of `frame_hw` (not resized), propagation on P3, clips of 2T+1."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = ml_collections.ConfigDict()
+  detector = tiny_mask_rcnn_config(num_classes=num_classes + 1)
+  detector.backbone.width_per_group = 8  # ResNet stages of 32..256 channels: fast on a CPU
+  detector.input.update(dict(min_size=min(frame_hw), max_size=max(frame_hw)))
+  config.model.detector = detector
+  config.model.init_from = ""
+  config.model.propagation = ml_collections.ConfigDict(dict(
+      level=1, offset_width=8, num_deform_layers=1, kernel_size=3, head_width=8, head_depth=1, use_foreground=True,
+      impl="xla", loss_weight=1.0))
+  # A random detector scores each class about 1/C: a zero threshold keeps its detections, so clips have tracks.
+  config.inference = ml_collections.ConfigDict(dict(
+      half_window=half_window, clip_stride=1, score_thresh=0.0, max_instances=10, match_threshold=0.3,
+      mask_threshold=0.5))
+  return config
+
+
+def _random_value(rng: np.random.Generator, path: tuple, variable: nnx.Variable) -> np.ndarray:
+  name = next(p for p in reversed(path) if isinstance(p, str))
+  shape = variable.get_value().shape
+  if isinstance(variable, nnx.Param) and len(shape) >= 2:  # conv and dense kernels: He-normal
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[:-1]))).astype(np.float32)
+  if name in ("weight", "running_var"):  # batch-norm scale and variance
+    return np.ones(shape, np.float32)
+  return np.zeros(shape, np.float32)  # biases and batch-norm means
+
+
+def tiny_model(config: ml_collections.ConfigDict, *, confident_masks: bool = True) -> maskprop.MaskProp:
+  """A MaskProp of `config` in inference mode with NumPy-drawn random weights.
+
+  The model's own initialisers compile one XLA program per parameter shape, about 30 s on the test CPU; drawing
+  the weights with NumPy takes milliseconds. With `confident_masks`, the mask logits' biases are raised so the
+  random model's detections and propagated masks cover their objects (above the mask threshold), which is what
+  linking needs to form tracks across clips.
+  """
+  abstract = nnx.eval_shape(lambda: maskprop.MaskProp(config.model, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  rng = np.random.default_rng(config.seed)
+  flat = nnx.to_flat_state(state)
+  for path, variable in flat:
+    variable.set_value(jax.numpy.asarray(_random_value(rng, path, variable)))
+  model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+  if confident_masks:
+    for bias in (model.detector.roi_heads.mask_predictor.mask_fcn_logits.bias, model.propagation.mask_logits.bias,
+                 model.propagation.foreground[1].bias):
+      bias[...] += 6.0
+  model.eval()
+  return model
