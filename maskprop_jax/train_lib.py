@@ -24,7 +24,7 @@ from clu import metric_writers, metrics, periodic_actions
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from maskprop_jax import checkpointing, optimizer
+from maskprop_jax import checkpointing, optimizer, run_config
 from maskprop_jax.data import from_config
 from maskprop_jax.model import maskprop
 
@@ -116,6 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   """Trains (resuming from the latest checkpoint in `workdir` if any), evaluates, returns the final metrics."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    run_config.save_run_config(config, workdir)  # the demo and propagation_eval rebuild the model from it
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   mesh = make_mesh()
   num_steps = config.train.num_steps
