@@ -14,6 +14,8 @@ from typing import Any
 import grain
 import orbax.checkpoint as ocp
 
+from maskprop_jax.errors import InputError
+
 
 def create_manager(workdir: str | Path, *, keep: int, save_every: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
@@ -32,18 +34,26 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   """The newest readable checkpoint's train state (the iterator, if given, is restored in place), or None.
 
   A checkpoint that cannot be read (a half-written directory after a crash, a corrupted file) is skipped with a
-  warning and the one before it is tried.
+  warning and the one before it is tried. If none can be read, InputError: starting over silently would overwrite
+  a run whose checkpoints only fail to match this config.
   """
   items = dict(state=ocp.args.StandardRestore(abstract_state))
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-  for step in sorted(manager.all_steps(), reverse=True):
+  steps = sorted(manager.all_steps(), reverse=True)
+  newest_error = None
+  for step in steps:
     try:
       restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many types for unreadable checkpoints; any of them means "skip it"
       logging.warning("checkpoint at step %d in %s cannot be read (%s: %s); trying the one before",
                       step, manager.directory, type(e).__name__, e)
+      newest_error = newest_error or e
       continue
     logging.info("restored checkpoint at step %d from %s", step, manager.directory)
     return restored.state
+  if steps:
+    raise InputError(f"none of the checkpoints in {manager.directory} (steps {', '.join(map(str, steps))}) can be "
+                     f"read with this config; the newest failed with {type(newest_error).__name__}: {newest_error}. "
+                     "Use the config the run was started with, or another workdir to start over")
   return None
