@@ -175,9 +175,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         summary["step_time_ms"] = 1000 * elapsed / steps_since_log
         writer.write_scalars(step + 1, summary)
         accumulated, last_log, steps_since_log = None, time.perf_counter(), 0
-      checkpointing.save(manager, step + 1, state, train_iter, force=is_last)
-      if preemption.requested or manager.reached_preemption(step + 1):
-        checkpointing.save(manager, step + 1, state, train_iter, force=True)
+      stopping = preemption.requested or manager.reached_preemption(step + 1)
+      if is_last or stopping or manager.should_save(step + 1):
+        _check_finite(*pending)  # a checkpoint never holds the state of a step whose loss was not finite
+      # One save call: a second, forced save of a step already saved would fail (orbax never overwrites).
+      checkpointing.save(manager, step + 1, state, train_iter, force=is_last or stopping)
+      if stopping:
         manager.wait_until_finished()
         logging.warning("stopped at step %d for preemption; rerun the same command to continue", step + 1)
         return {}
