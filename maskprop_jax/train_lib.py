@@ -191,6 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   finally:
     preemption.restore()
     manager.wait_until_finished()
+    writer.flush()  # a stopped run's last losses reach the summaries too
   final_metrics = _evaluate(config, graphdef, state, workdir, writer, num_steps)
   writer.flush()
   return final_metrics
