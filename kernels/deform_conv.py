@@ -126,9 +126,9 @@ def _deform_conv_fwd(config: _Config, x, offsets, mask, weight, instance_masks):
 
 def _deform_conv_bwd(config: _Config, residuals, out_grad):
   x, offsets, mask, weight, instance_masks = residuals
-  d_x, d_offsets, d_mask, d_weight, d_instance_masks = xla_impl.deform_conv2d_bwd(
-      x, offsets, mask, weight, out_grad, instance_masks=instance_masks, **config.conv_kwargs())
-  return d_x, d_offsets, d_mask, d_weight, d_instance_masks
+  # Cotangents in the primal order (x, offsets, mask, weight, instance_masks), None for absent inputs.
+  return xla_impl.deform_conv2d_bwd(x, offsets, mask, weight, out_grad, instance_masks=instance_masks,
+                                    **config.conv_kwargs())
 
 
 _deform_conv.defvjp(_deform_conv_fwd, _deform_conv_bwd)

@@ -268,6 +268,9 @@ def deform_conv2d_bwd(x, offsets, mask, weight, out_grad, *, stride: Pair, paddi
   out_grad has the forward output's shape. The gradient of mask / instance_masks is None when that input is.
   x's gradient is a scatter-add of each corner's share of the column gradient; the offset and mask gradients
   come from the column gradient dotted with the gathered corner values, pushed through the corner weights.
+  Explicit rather than jax.vjp of the forward: the two take the same time on CPU (measured at
+  2x48x80x256), but autodiff through the scan keeps every chunk's gathered corners as residuals, K times the
+  memory of x, where this recomputes them.
   """
   shape = _conv_shape(x, weight, stride, padding, dilation, offset_groups)
   batch, channels, out_channels = x.shape[0], x.shape[-1], weight.shape[-1]
