@@ -179,24 +179,33 @@ def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
   return total, losses
 
 
-def load_detector_params(model: MaskProp, params_dir: str) -> None:
+def detector_config_from(params_dir: str, config: ml_collections.ConfigDict) -> None:
+  """Takes the converted checkpoint's architecture constants (e.g. the frozen batch norms' epsilon, 0.0 for
+  torchvision's COCO v1 weights) into config.model, keeping the run's class count and input size."""
+  from maskprop_jax.convert import params_io  # orbax only when loading
+
+  source = params_io.read_metadata(params_dir)["config"]
+  config.detector.backbone.update(source.backbone.to_dict())
+  config.detector.anchors.update(source.anchors.to_dict())
+
+
+def load_detector_params(model: MaskProp, params_dir: str) -> int:
   """Loads converted Mask R-CNN weights (python -m maskprop_jax.convert ...) into the model's detector.
 
   Layers whose shapes differ (the class-specific predictors when the class count changes) keep their
-  initialisation, as fine-tuning from COCO does.
+  initialisation, as fine-tuning from COCO does. Returns how many arrays were loaded.
   """
   from maskprop_jax.convert import params_io  # orbax only when loading
 
-  loaded = params_io.load_params(params_dir, mask_rcnn.abstract_mask_rcnn)
-  target = nnx.state(model.detector)
-  source = nnx.state(loaded)
-  flat_target = dict(nnx.to_flat_state(target))
+  loaded, _ = params_io.load_params(params_dir, mask_rcnn.abstract_mask_rcnn)
+  target = dict(nnx.to_flat_state(nnx.state(model.detector)))
   replaced = 0
-  for path, value in nnx.to_flat_state(source):
-    current = flat_target.get(path)
+  for path, value in nnx.to_flat_state(nnx.state(loaded)):
+    current = target.get(path)
     if current is not None and np.shape(current.value) == np.shape(value.value):
       current.value = value.value
       replaced += 1
   if replaced == 0:
     raise ValueError(f"{params_dir}: no parameter of the converted detector fits this model's detector")
-  nnx.update(model.detector, nnx.from_flat_state(flat_target))
+  nnx.update(model.detector, nnx.from_flat_state(target))
+  return replaced
