@@ -1,11 +1,13 @@
-"""Runs a converted or trained detector on a user's image and writes its detections (and an overlay).
+"""Runs a converted or trained model on a user's image or video and writes its predictions (and an overlay).
 
     python -m maskprop_jax.demo --params DIR --image IMG --json OUT.json [--score-thresh S] [--out OVERLAY.png]
+    python -m maskprop_jax.demo --workdir RUN|--params DIR --video FILE.mp4|FRAMES_DIR --json OUT.json
+        [--out OUT.mp4|OUT.gif] [--config configs/x.py] [--score-thresh S] [--fps F]
 
-DIR is a parameter directory from `python -m maskprop_jax.convert` (or a training run). The JSON holds one entry
-per detection: `bbox` [x0, y0, x1, y1] in image pixels, `score`, `category_id` (COCO ids for COCO models),
-`category_name` and `segmentation`, the mask (probability >= 0.5) as a compressed COCO RLE.
-Inputs are modes of their own (`--image` today), so that a video mode can sit beside it.
+DIR is a parameter directory from `python -m maskprop_jax.convert`; RUN is a train.py workdir. For an image, the
+JSON holds one entry per detection: `bbox` [x0, y0, x1, y1] in image pixels, `score`, `category_id` (COCO ids for
+COCO models), `category_name` and `segmentation`, the mask (probability >= 0.5) as a compressed COCO RLE.
+For a video (demo_video.py), it holds the linked tracks in the YouTube-VIS results format.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from maskprop_jax.evaluation.rle import encode_mask
 from maskprop_jax.model.mask_rcnn import ImageResults, MaskRCNN, abstract_mask_rcnn, postprocess, preprocess_batch
 
 MASK_THRESHOLD = 0.5
+IMAGE_SCORE_THRESH = 0.5
 
 
 def read_image(path: str) -> np.ndarray:
@@ -101,21 +104,37 @@ def run_image(args: argparse.Namespace, model: MaskRCNN, metadata: dict[str, Any
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m maskprop_jax.demo", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--params", required=True, help="parameter directory (python -m maskprop_jax.convert)")
+  weights = parser.add_mutually_exclusive_group(required=True)
+  weights.add_argument("--params", help="parameter directory (python -m maskprop_jax.convert)")
+  weights.add_argument("--workdir", help="a train.py run directory (videos only): its latest checkpoint")
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--image", help="an image file (JPEG, PNG, ...)")
-  parser.add_argument("--json", required=True, help="where to write the detections")
-  parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score reported (default 0.5)")
-  parser.add_argument("--out", help="where to write an overlay PNG")
-  return parser.parse_args(argv)
+  source.add_argument("--video", help="a video file (mp4, webm, ...) or a folder of frame images")
+  parser.add_argument("--json", required=True, help="where to write the detections (image) or tracks (video)")
+  parser.add_argument("--score-thresh", type=float, default=None,
+                      help="lowest score reported (default 0.5 for an image, the config's for a video)")
+  parser.add_argument("--out", help="where to write an overlay: PNG for an image, .mp4 or .gif for a video")
+  parser.add_argument("--config", help="config file of the video model (default: the run's config.json, or "
+                                       "configs/default.py with --params)")
+  parser.add_argument("--fps", type=float, help="frame rate of the overlay video (default: the input's, or 10)")
+  args = parser.parse_args(argv)
+  if args.image is not None and args.params is None:
+    parser.error("--image runs a Mask R-CNN parameter directory: pass --params")
+  return args
 
 
 @report_input_errors
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
+  if args.video is not None:
+    from maskprop_jax import demo_video  # noqa: PLC0415 -- the video model pulls in training and inference code
+
+    demo_video.run_video(args)
+    return
+  if args.score_thresh is None:
+    args.score_thresh = IMAGE_SCORE_THRESH
   model, metadata = params_io.load_params(args.params, abstract_mask_rcnn)
-  if args.image is not None:
-    run_image(args, model, metadata)
+  run_image(args, model, metadata)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import time
 from typing import Iterable
 
@@ -63,6 +64,27 @@ class Timer:
     return out
 
 
+# The model travels as (graphdef, state): nnx.jit would walk the module graph on every call, tens of milliseconds
+# each, three calls per frame, more than a small model's compute. At module level with a static graphdef, the
+# compiled programs serve every predictor of the same architecture (evaluation during training makes a new one).
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _frame_features(graphdef: nnx.GraphDef, state: nnx.State, frame: jax.Array,
+                    geometry: maskprop.InputGeometry) -> list[jax.Array]:
+  return nnx.merge(graphdef, state).frame_features(frame, geometry)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _detect(graphdef: nnx.GraphDef, state: nnx.State, features: list[jax.Array],
+            image_hw: jax.Array) -> maskprop.ClipDetections:
+  return nnx.merge(graphdef, state).detect(features, image_hw)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _propagate(graphdef: nnx.GraphDef, state: nnx.State, center: jax.Array, masks: jax.Array,
+               references: jax.Array) -> jax.Array:
+  return nnx.merge(graphdef, state).propagate(center, masks, references)
+
+
 class VideoPredictor:
   """Runs a MaskProp model over videos; one compiled program per input canvas size.
 
@@ -72,14 +94,7 @@ class VideoPredictor:
   def __init__(self, model: maskprop.MaskProp, settings: ClipSettings):
     self.model = model
     self.settings = settings
-    # The model is split once and its state passed as a plain pytree: nnx.jit would walk the module graph on
-    # every call, tens of milliseconds each, three calls per frame, more than a small model's compute.
-    graphdef, self._state = nnx.split(model)
-    self._frame_features = jax.jit(lambda state, frame, geometry: nnx.merge(graphdef, state).frame_features(
-        frame, geometry), static_argnums=2)  # one compiled program per video size
-    self._detect = jax.jit(lambda state, feats, hw: nnx.merge(graphdef, state).detect(feats, hw))
-    self._propagate = jax.jit(lambda state, center, masks, refs: nnx.merge(graphdef, state).propagate(
-        center, masks, refs))
+    self._graphdef, self._state = nnx.split(model)
 
   def __call__(self, frames: Iterable[np.ndarray], num_frames: int, video_hw: tuple[int, int], *,
                timer: Timer | None = None) -> list[linking.VideoTrack]:
@@ -99,7 +114,7 @@ class VideoPredictor:
         raise ValueError(f"the video promised {num_frames} frames but ended after {frame_index}") from None
       if frame.shape[:2] != tuple(video_hw):
         raise ValueError(f"frame {frame_index} is {frame.shape[:2]}, the video's frames are {tuple(video_hw)}")
-      cache[frame_index] = timer.time("backbone", self._frame_features, self._state, frame, geometry)
+      cache[frame_index] = timer.time("backbone", _frame_features, self._graphdef, self._state, frame, geometry)
       # Every clip whose window has now been read in full runs, in order.
       while windows and windows[0][2] - 1 <= frame_index:
         center, start, stop = windows.popleft()
@@ -113,7 +128,7 @@ class VideoPredictor:
   def _clip_tracks(self, cache, center, start, stop, geometry, timer) -> list[linking.ClipTrack]:
     model, s = self.model, self.settings
     hw = jnp.asarray([geometry.resized_hw], jnp.int32)
-    detections = timer.time("detection", self._detect, self._state, cache[center], hw)
+    detections = timer.time("detection", _detect, self._graphdef, self._state, cache[center], hw)
     keep = np.flatnonzero(np.asarray(detections.valid[0]) & (np.asarray(detections.scores[0]) >= s.score_thresh))
     if keep.size == 0:
       return []
@@ -122,7 +137,7 @@ class VideoPredictor:
     frames_in_window = [min(max(f, start), stop - 1) for f in range(center - s.half_window,
                                                                      center + s.half_window + 1)]
     refs = jnp.concatenate([cache[f][level] for f in frames_in_window])  # [2T+1, h, w, C]
-    probs = timer.time("propagation", self._propagate, self._state, cache[center][level],
+    probs = timer.time("propagation", _propagate, self._graphdef, self._state, cache[center][level],
                        detections.feature_masks, refs)  # [2T+1, D, h, w]
     offset = start - (center - s.half_window)
     probs = np.array(probs[offset:offset + stop - start])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import colorsys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import imageio.v3 as iio
 import numpy as np
@@ -37,9 +37,11 @@ def overlay(frame: np.ndarray, instances: Sequence[tuple[int, str, np.ndarray]],
   return np.asarray(image)
 
 
-def overlay_video(frames: Iterable[np.ndarray], tracks: Sequence[Any], names: dict[int, str]) -> list[np.ndarray]:
-  """Frames with every track drawn; tracks carry category_id, score and per-frame RLE `masks` (or None)."""
-  drawn = []
+def overlay_frames(frames: Iterable[np.ndarray], tracks: Sequence[Any], names: dict[int, str]) -> Iterator[np.ndarray]:
+  """Frames with every track drawn, one at a time (a long video never sits in memory whole).
+
+  Tracks carry category_id, score and per-frame RLE `masks` (or None); a track's index is its id and colour.
+  """
   for index, frame in enumerate(frames):
     instances = []
     for track_id, track in enumerate(tracks):
@@ -47,8 +49,12 @@ def overlay_video(frames: Iterable[np.ndarray], tracks: Sequence[Any], names: di
       if rle is not None:
         caption = f"{track_id} {names.get(track.category_id, track.category_id)} {track.score:.2f}"
         instances.append((track_id, caption, mask_codec.decode(rle).astype(bool)))
-    drawn.append(overlay(frame, instances))
-  return drawn
+    yield overlay(frame, instances)
+
+
+def overlay_video(frames: Iterable[np.ndarray], tracks: Sequence[Any], names: dict[int, str]) -> list[np.ndarray]:
+  """`overlay_frames` as a list."""
+  return list(overlay_frames(frames, tracks, names))
 
 
 def write_gif(frames: Sequence[np.ndarray], path: str | Path, fps: float = 6.0) -> None:

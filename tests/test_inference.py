@@ -48,7 +48,7 @@ def test_video_shorter_than_one_clip(predictor):
   assert [t.id for t in tracks] == list(range(len(tracks)))
   for track in tracks:
     assert len(track.segmentations) == num_frames
-    assert 1 <= track.label <= 3 and 0.0 <= track.score <= 1.0
+    assert 1 <= track.label <= 6 and 0.0 <= track.score <= 1.0
     assert 1 <= track.num_clips <= num_frames
     rles = [s for s in track.segmentations if s is not None]
     assert rles, "every track has a mask on its own center frame"

@@ -1,32 +1,32 @@
 """A tiny randomly initialised MaskProp for CPU tests of inference, evaluation, the demo and propagation_eval."""
 
+from pathlib import Path
+
 import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 
+from maskprop_jax import run_config
 from maskprop_jax.model import maskprop
 from maskprop_jax.model.config import tiny_mask_rcnn_config
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
-def tiny_config(num_classes: int = 3, half_window: int = 2, frame_hw: tuple[int, int] = (32, 48)
+
+def tiny_config(num_classes: int = 6, half_window: int = 2, frame_hw: tuple[int, int] = (32, 48)
                 ) -> ml_collections.ConfigDict:
-  """Narrow ResNet-FPN detector for frames of `frame_hw` (not resized), propagation on P3, clips of 2T+1."""
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = ml_collections.ConfigDict()
+  """configs/default.py with a narrow ResNet-FPN detector for frames of `frame_hw` (not resized), propagation on
+  P3 and clips of 2T+1 frames; data, optimizer and train settings stay the defaults. Tests that share the
+  architecture (6 classes: the synthetic set's) share inference.py's compiled programs."""
+  config = run_config.load_config_file(REPO_ROOT / "configs" / "default.py")
   detector = tiny_mask_rcnn_config(num_classes=num_classes + 1)
   detector.backbone.width_per_group = 8  # ResNet stages of 32..256 channels: fast on a CPU
   detector.input.update(dict(min_size=min(frame_hw), max_size=max(frame_hw)))
   config.model.detector = detector
-  config.model.init_from = ""
-  config.model.propagation = ml_collections.ConfigDict(dict(
-      level=1, offset_width=8, num_deform_layers=1, kernel_size=3, head_width=8, head_depth=1, use_foreground=True,
-      impl="xla", loss_weight=1.0))
+  config.model.propagation.update(dict(level=1, offset_width=8, head_width=8, head_depth=1, impl="xla"))
   # A random detector scores each class about 1/C: a zero threshold keeps its detections, so clips have tracks.
-  config.inference = ml_collections.ConfigDict(dict(
-      half_window=half_window, clip_stride=1, score_thresh=0.0, max_instances=10, match_threshold=0.3,
-      mask_threshold=0.5))
+  config.inference.update(dict(half_window=half_window, clip_stride=1, score_thresh=0.0))
   return config
 
 
