@@ -2,17 +2,16 @@
 
 import json
 
-import grain
 import imageio.v3 as iio
 import numpy as np
 import pytest
 from flax import nnx
 from PIL import Image
 
-from maskprop_jax import checkpointing, demo, optimizer, run_config, train_lib
+from maskprop_jax import demo, train_lib
 from maskprop_jax.convert import params_io
 from maskprop_jax.data import masks as mask_codec
-from tiny_maskprop import tiny_config, tiny_model
+from tiny_maskprop import save_tiny_run, tiny_config, tiny_model
 
 NUM_FRAMES = 7
 FRAME_HW = (31, 45)  # odd: the H.264 writer has to pad
@@ -27,16 +26,11 @@ def square_frames(num_frames=NUM_FRAMES, hw=FRAME_HW):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, synthetic_dataset_dir):
-  """A train.py-like workdir: config.json and one checkpoint of the tiny model (step 1)."""
+  """A train.py-like workdir: config.json and one checkpoint of the tiny model."""
   workdir = tmp_path_factory.mktemp("run")
   config = tiny_config()  # the synthetic set's 6 categories, whose names the demo shows
   config.data.root = str(synthetic_dataset_dir)
-  run_config.save_run_config(config, workdir)
-  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config))
-  _, state = train_lib.create_train_state(tiny_model(config), config, tx)
-  manager = checkpointing.create_manager(workdir, keep=1, save_every=1)
-  checkpointing.save(manager, 1, state, iter(grain.MapDataset.range(4).to_iter_dataset()), force=True)
-  manager.wait_until_finished()
+  save_tiny_run(workdir, config, tiny_model(config))
   return workdir
 
 

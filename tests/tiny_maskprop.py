@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
+import grain
 import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from maskprop_jax import run_config
+from maskprop_jax import checkpointing, optimizer, run_config, train_lib
 from maskprop_jax.model import maskprop
 from maskprop_jax.model.config import tiny_mask_rcnn_config
 
@@ -61,3 +62,13 @@ def tiny_model(config: ml_collections.ConfigDict, *, confident_masks: bool = Tru
       bias[...] += 6.0
   model.eval()
   return model
+
+
+def save_tiny_run(workdir: Path, config: ml_collections.ConfigDict, model: maskprop.MaskProp) -> None:
+  """A train.py-like workdir: config.json and a checkpoint (train state and data iterator) of `model`."""
+  tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config))
+  _, state = train_lib.create_train_state(model, config, tx)
+  run_config.save_run_config(config, workdir)
+  manager = checkpointing.create_manager(workdir, keep=1, save_every=1)
+  checkpointing.save(manager, 1, state, iter(grain.MapDataset.range(4).to_iter_dataset()), force=True)
+  manager.wait_until_finished()

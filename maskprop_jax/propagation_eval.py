@@ -1,0 +1,209 @@
+"""Does the propagation branch beat copying? Ground-truth masks propagated over clips vs copied to every frame.
+
+    python -m maskprop_jax.propagation_eval --workdir RUN [--config configs/synthetic.py] [--split valid]
+
+For every ground-truth track present on a clip's center frame c (c = 0, s, 2s, ... as in inference, s the
+config's clip stride), its ground-truth mask on c goes to the propagation grid the way a detection's mask does
+(resized and padded with the frame, area-pooled to the propagation level) and the trained model propagates it to
+every other frame c+d of the window |d| <= T. Each propagated mask is upsampled to the video's size and
+thresholded as linking does, and its IoU with the track's ground truth on c+d is set against copying the center
+mask to c+d: copied from the same grid (the branch's very input, so the difference is what propagation adds) and
+copied at full resolution. A frame where the track is absent scores 1 for an empty mask and 0 for any other; the
+last row keeps only the frames where it is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import functools
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from maskprop_jax import inference, linking, run_config, train_lib
+from maskprop_jax.data import from_config, masks as mask_codec, video_reader, ytvis
+from maskprop_jax.errors import InputError, report_input_errors
+from maskprop_jax.model import maskprop, propagation, transform
+
+TRACK_SLOTS = 8  # tracks propagated per call: one compiled program for any number of tracks on a frame
+METHODS = ("propagated", "copy_grid", "copy_full")
+
+
+@dataclasses.dataclass
+class PairIous:
+  """IoU of each method on (track, center, frame c+d) pairs, grouped by |d|; `present` marks a visible track."""
+
+  ious: dict[int, list[np.ndarray]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+  present: dict[int, list[bool]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+  num_center_tracks: int = 0
+
+  def add(self, distance: int, ious: np.ndarray, present: bool) -> None:
+    self.ious[distance].append(ious)
+    self.present[distance].append(present)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+  """IoU of two boolean masks; 1 when both are empty (agreeing that the object is absent)."""
+  union = np.count_nonzero(a | b)
+  return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _level_features(graphdef: nnx.GraphDef, state: nnx.State, frame: jax.Array,
+                    geometry: maskprop.InputGeometry) -> jax.Array:  # [1, h, w, C]
+  model = nnx.merge(graphdef, state)
+  return model.frame_features(frame, geometry)[model.propagation_level]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _grid_masks(masks: jax.Array, geometry: maskprop.InputGeometry, stride: int) -> jax.Array:
+  """Video-size binary masks [N, H, W] -> soft masks on the propagation grid of the padded canvas [N, h, w]."""
+  resized = transform.resize_bilinear(jnp.moveaxis(masks, 0, -1).astype(jnp.float32), geometry.resized_hw)
+  canvas = jnp.moveaxis(transform.pad_to(resized, geometry.canvas_hw), -1, 0)  # [N, Hc, Wc]
+  return propagation.downsample_masks(canvas, stride)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _propagate(graphdef: nnx.GraphDef, state: nnx.State, center: jax.Array, masks: jax.Array,
+               references: jax.Array) -> jax.Array:  # [L, D, h, w]
+  return nnx.merge(graphdef, state).propagate(center, masks, references)
+
+
+class _Upsampler:
+  """Grid masks -> video-size binary masks, as linking turns soft masks into a video's masks."""
+
+  def __init__(self, mask_hw: tuple[int, int], video_hw: tuple[int, int], threshold: float):
+    self.mask_hw, self.threshold = mask_hw, threshold
+    self.ry = linking.interpolation_matrix(mask_hw[0], video_hw[0])  # [H, h]
+    self.rx = linking.interpolation_matrix(mask_hw[1], video_hw[1])  # [W, w]
+
+  def __call__(self, grid: np.ndarray) -> np.ndarray:  # [..., h', w'] (the canvas's grid) -> bool [..., H, W]
+    grid = grid[..., :self.mask_hw[0], :self.mask_hw[1]]
+    return np.einsum("yh,...hw,xw->...yx", self.ry, grid, self.rx) >= self.threshold
+
+
+def _track_masks(track: ytvis.Track, num_frames: int) -> list[np.ndarray | None]:
+  return [None if track.segmentations[f] is None else mask_codec.decode(track.segmentations[f]).astype(bool)
+          for f in range(num_frames)]
+
+
+def measure_video(model: maskprop.MaskProp, video: video_reader.VideoFrames, tracks: Sequence[ytvis.Track],
+                  settings: inference.ClipSettings, result: PairIous) -> None:
+  """Adds the IoUs of one video's (track, center, frame) pairs to `result`."""
+  graphdef, state = nnx.split(model)
+  video_hw = (video.height, video.width)
+  geometry = maskprop.InputGeometry.for_video(model.config, video_hw)
+  upsample = _Upsampler(geometry.mask_hw, video_hw, settings.mask_threshold)
+  tracks = [t for t in tracks if not t.iscrowd]
+  gt = [_track_masks(t, video.num_frames) for t in tracks]  # [track][frame] bool [H, W] or None
+  empty = np.zeros(video_hw, bool)
+  half = settings.half_window
+  windows = collections.deque(inference.clip_windows(video.num_frames, half, settings.clip_stride))
+  features: dict[int, jax.Array] = {}  # frame -> [1, h, w, C], only while a window needs it
+  for frame_index, frame in enumerate(video):
+    features[frame_index] = _level_features(graphdef, state, frame, geometry)
+    while windows and windows[0][2] - 1 <= frame_index:
+      center, start, stop = windows.popleft()
+      on_center = [k for k in range(len(tracks)) if gt[k][center] is not None]
+      result.num_center_tracks += len(on_center)
+      # The window padded to 2T+1 frames (ends repeated), as inference does: one program for every clip.
+      window = [min(max(f, start), stop - 1) for f in range(center - half, center + half + 1)]
+      references = jnp.concatenate([features[f] for f in window])  # [2T+1, h, w, C]
+      for first in range(0, len(on_center), TRACK_SLOTS):
+        group = on_center[first:first + TRACK_SLOTS]
+        center_masks = np.zeros((TRACK_SLOTS,) + video_hw, np.uint8)
+        center_masks[:len(group)] = [gt[k][center] for k in group]
+        grid = _grid_masks(jnp.asarray(center_masks), geometry, model.stride)  # [S, h', w']
+        probs = np.asarray(_propagate(graphdef, state, features[center], grid[None], references))  # [2T+1, S, ..]
+        copy_grid = upsample(np.asarray(grid))  # [S, H, W]
+        for slot, k in enumerate(group):
+          for f in range(start, stop):
+            if f == center:
+              continue
+            target = gt[k][f] if gt[k][f] is not None else empty
+            propagated = upsample(probs[f - (center - half), slot])
+            ious = np.array([mask_iou(propagated, target), mask_iou(copy_grid[slot], target),
+                             mask_iou(gt[k][center], target)])
+            result.add(abs(f - center), ious, gt[k][f] is not None)
+      next_start = windows[0][1] if windows else video.num_frames
+      for old in [f for f in features if f < next_start]:
+        del features[old]
+
+
+def measure(model: maskprop.MaskProp, dataset: ytvis.YTVISDataset, settings: inference.ClipSettings,
+            videos: Iterable[video_reader.VideoFrames] | None = None) -> PairIous:
+  """IoUs of every video of an annotated data set (or of `videos` of it)."""
+  if not dataset.has_annotations:
+    raise InputError(f"{dataset.path} has no ground-truth annotations to compare against")
+  result = PairIous()
+  for video in videos if videos is not None else video_reader.videos_from_ytvis(dataset):
+    measure_video(model, video, dataset.tracks_of(video.video_id), settings, result)
+  return result
+
+
+def format_table(result: PairIous, title: str) -> str:
+  """Mean IoU per |d| and over all pairs, for each method."""
+  header = f"{'|d|':>14}  {'pairs':>6}  {'propagated':>10}  {'copy (grid)':>11}  {'copy (full res)':>15}"
+  lines = [title, header]
+
+  def row(label: str, ious: list[np.ndarray]) -> str:
+    mean = np.mean(ious, axis=0) if ious else np.full(len(METHODS), np.nan)
+    return f"{label:>14}  {len(ious):>6}  {mean[0]:>10.4f}  {mean[1]:>11.4f}  {mean[2]:>15.4f}"
+
+  for distance in sorted(result.ious):
+    lines.append(row(str(distance), result.ious[distance]))
+  every = [iou for d in sorted(result.ious) for iou in result.ious[d]]
+  present = [iou for d in sorted(result.ious) for iou, p in zip(result.ious[d], result.present[d]) if p]
+  lines.append(row("all", every))
+  lines.append(row("all, present", present))
+  return "\n".join(lines)
+
+
+def load_run(workdir: str, config_file: str | None) -> tuple[maskprop.MaskProp, ml_collections.ConfigDict, int]:
+  """The latest checkpoint of a train.py run and its config (the run's config.json unless a file is given)."""
+  if not Path(workdir).is_dir():
+    raise InputError(f"{workdir}: no such run directory")
+  config = run_config.load_config_file(config_file) if config_file else run_config.load_run_config(workdir)
+  config.model.init_from = ""  # the checkpoint holds every weight
+  model, step = train_lib.restore_model(config, workdir)
+  if step is None:
+    raise InputError(f"{workdir}: no checkpoint to evaluate in {Path(workdir) / 'checkpoints'}")
+  model.eval()
+  return model, config, step
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m maskprop_jax.propagation_eval",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True, help="a train.py run directory (its latest checkpoint)")
+  parser.add_argument("--config", help="the run's config file (default: the run's config.json)")
+  parser.add_argument("--split", help="split to measure (default: config.data.val_split)")
+  return parser.parse_args(argv)
+
+
+@report_input_errors
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  model, config, step = load_run(args.workdir, args.config)
+  split = args.split or config.data.val_split
+  if config.data.name == "synthetic":
+    from_config.ensure_split(config, split)  # generated on first use, as training does
+  dataset = ytvis.load_ytvis(from_config.annotation_file(config, split), from_config.images_dir(config, split))
+  result = measure(model, dataset, inference.ClipSettings.from_config(config))
+  num_pairs = sum(len(v) for v in result.ious.values())
+  print(format_table(result, f"{split}: {len(dataset.videos)} videos, {result.num_center_tracks} center-frame "
+                             f"tracks, {num_pairs} (track, frame) pairs; checkpoint of step {step}, "
+                             f"T={config.inference.half_window}; mean mask IoU"))
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  main()
