@@ -135,7 +135,9 @@ def _jax_functions(shape: Shape, impl: str):
   def loss(a):
     return jnp.sum(forward(a).astype(jnp.float32))
 
-  return jax.jit(forward), jax.jit(jax.grad(loss))
+  # value_and_grad, not grad: the loss value keeps the forward alive (grad alone lets XLA drop it, since the
+  # backward does not read the output).
+  return jax.jit(forward), jax.jit(jax.value_and_grad(loss))
 
 
 def _time_jax(shape: Shape, impl: str, inputs, repeats: int) -> tuple[float, float]:
