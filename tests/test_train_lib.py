@@ -1,6 +1,5 @@
 """The train step of the tiny config: one real step, 4 devices against 1, and a non-finite loss stopping the loop."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +14,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 from maskprop_jax import checkpointing, optimizer, train_lib
 from maskprop_jax.data import from_config
 from maskprop_jax.model import maskprop
-from tiny_config import prepared_tiny_config  # noqa: F401 (a fixture)
+from tiny_config import fast_compilation, prepared_tiny_config, subprocess_env  # noqa: F401 (fixtures)
 
 TESTS_DIR = Path(__file__).parent
+
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def _leaves(tree) -> dict[str, np.ndarray]:
@@ -64,20 +65,13 @@ def test_one_train_step_has_finite_losses_and_updates_the_trainable_parameters(f
     np.testing.assert_array_equal(value, first_step.before.frozen[name], err_msg=name)
 
 
-def _worker_env(num_devices: int, cache_dir: Path) -> dict[str, str]:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
-             JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  return env
-
-
 def test_four_devices_give_the_loss_and_gradient_norm_of_one_on_the_same_global_batch(first_step, tmp_path):
   config = first_step.config
   np.savez(tmp_path / "batch.npz", **first_step.batch)
   command = [sys.executable, str(TESTS_DIR / "train_worker.py"), "--data-root", config.data.root,
              "--tfds-dir", config.data.tfds_dir, "--steps", "1", "--batch", str(tmp_path / "batch.npz"),
              "--out", str(tmp_path / "four.npz")]
-  result = subprocess.run(command, env=_worker_env(4, tmp_path / "cache"), capture_output=True, text=True,
-                          timeout=600)
+  result = subprocess.run(command, env=subprocess_env(num_devices=4), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   with np.load(tmp_path / "four.npz") as four:
     # The batch is split over 4 devices (1 clip each); XLA all-reduces the gradients.
