@@ -18,6 +18,7 @@ import ml_collections
 
 from maskprop_jax import evaluation, inference, visualize
 from maskprop_jax.data import from_config, video_reader, ytvis
+from maskprop_jax.errors import InputError
 from maskprop_jax.model import maskprop
 
 STAGES = ("backbone", "detection", "propagation", "linking")
@@ -51,7 +52,7 @@ def evaluate_split(config: ml_collections.ConfigDict, model: maskprop.MaskProp, 
     dataset = ytvis.load_ytvis(annotation_file)
     videos = list(from_config.eval_videos(config, split))
   if len(dataset.category_ids) != model.num_classes:
-    raise ValueError(f"{annotation_file} has {len(dataset.category_ids)} categories, the model predicts "
+    raise InputError(f"{annotation_file} has {len(dataset.category_ids)} categories, the model predicts "
                      f"{model.num_classes}")
   model.eval()
   timer = inference.Timer(sync=benchmark)
