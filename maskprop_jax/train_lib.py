@@ -46,6 +46,33 @@ def make_mesh() -> Mesh:
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def scale_to_devices(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
+  """The config with its batch fixed for `num_devices`; unchanged unless `train.per_device_batch_size` is set.
+
+  With `train.per_device_batch_size` the global batch grows with the devices (a TPU pod of any size), and the
+  schedule follows the linear scaling rule from `train.reference_batch_size` (the batch its numbers were written
+  for): the learning rate times global / reference, the step counts (training, warmup, decays) times reference /
+  global, so that a run sees the same number of epochs on any number of chips.
+  """
+  per_device = config.train.get("per_device_batch_size", 0)
+  if not per_device:
+    return config
+  config = config.copy_and_resolve_references()
+  global_batch = per_device * num_devices
+  reference = config.train.get("reference_batch_size", 0) or global_batch
+  steps_scale = reference / global_batch
+
+  def scaled(steps: int) -> int:
+    return max(1, round(steps * steps_scale))
+
+  config.train.global_batch_size = global_batch
+  config.train.num_steps = scaled(config.train.num_steps)
+  config.optimizer.lr = config.optimizer.lr / steps_scale
+  config.optimizer.warmup_steps = scaled(config.optimizer.warmup_steps) if config.optimizer.warmup_steps else 0
+  config.optimizer.decay_steps = tuple(scaled(step) for step in config.optimizer.decay_steps)
+  return config
+
+
 def build_model(config: ml_collections.ConfigDict, seed: int) -> nnx.Module:
   model = maskprop.MaskProp(config.model, rngs=nnx.Rngs(seed))
   if config.model.init_from:
@@ -114,6 +141,7 @@ class _Preemption:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
   """Trains (resuming from the latest checkpoint in `workdir` if any), evaluates, returns the final metrics."""
+  config = scale_to_devices(config, jax.device_count())
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
