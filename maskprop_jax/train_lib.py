@@ -142,6 +142,10 @@ class _Preemption:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
   """Trains (resuming from the latest checkpoint in `workdir` if any), evaluates, returns the final metrics."""
   config = scale_to_devices(config, jax.device_count())
+  if config.model.compute_dtype != "float32":
+    # The model's layers take no dtype yet: a bfloat16 setting would silently train in float32.
+    raise ValueError(f"config.model.compute_dtype={config.model.compute_dtype!r} is not supported yet; use "
+                     "'float32' (on TPUs, float32 convolutions already run as bfloat16 passes on the MXU)")
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
