@@ -114,3 +114,25 @@ def test_a_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_goo
 def _abstract_state(config):
   tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config))
   return train_lib.create_train_state(train_lib.build_model(config, config.seed), config, tx)[1]
+
+
+def test_scale_to_devices_grows_the_batch_with_the_chips_and_keeps_the_epochs(prepared_tiny_config):
+  config = prepared_tiny_config.copy_and_resolve_references()
+  assert train_lib.scale_to_devices(config, 64) is config  # a fixed global batch stays as written
+  config.train.update(dict(per_device_batch_size=2, reference_batch_size=16, num_steps=40_000))
+  config.optimizer.update(dict(lr=0.02, warmup_steps=1_000, decay_steps=(30_000, 36_000)))
+  scaled = train_lib.scale_to_devices(config, 64)  # a 64-chip pod: 128 clips per step, 8 times the reference
+  assert scaled.train.global_batch_size == 128 and scaled.train.num_steps == 5_000
+  np.testing.assert_allclose(scaled.optimizer.lr, 0.16)
+  assert scaled.optimizer.warmup_steps == 125 and tuple(scaled.optimizer.decay_steps) == (3_750, 4_500)
+  assert config.train.num_steps == 40_000  # the caller's config is left alone
+  half = train_lib.scale_to_devices(config, 4)  # 8 clips per step: twice the steps at half the learning rate
+  assert half.train.num_steps == 80_000 and half.optimizer.lr == pytest.approx(0.01)
+
+
+def test_an_unsupported_compute_dtype_is_refused_before_training(prepared_tiny_config, tmp_path):
+  config = prepared_tiny_config.copy_and_resolve_references()
+  config.model.compute_dtype = "bfloat16"
+  with pytest.raises(ValueError, match="compute_dtype='bfloat16' is not supported yet"):
+    train_lib.train_and_evaluate(config, tmp_path)
+  assert not any(tmp_path.iterdir())  # nothing written
