@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,21 @@ def load_config_file(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
     raise InputError(f"{path}: config file not found")
   spec = importlib.util.spec_from_file_location(f"maskprop_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
+  # configs/*.py import their shared defaults as `configs.default`, which needs the folder above configs/ on the
+  # import path: train.py has it as the script's folder, a tool run from elsewhere does not.
+  root = str(path.resolve().parent.parent) if path.resolve().parent.name == "configs" else None
+  added = root is not None and root not in sys.path
+  if added:
+    sys.path.insert(0, root)
   try:
     spec.loader.exec_module(module)
   except ImportError as e:
-    # configs/*.py import their shared defaults as `configs.default`: that needs the repository root on the path.
-    raise InputError(f"{path}: cannot be loaded ({e}); run from the repository root") from e
+    raise InputError(f"{path}: cannot be loaded ({e})") from e
   except SyntaxError as e:
     raise InputError(f"{path}: not a valid Python config file ({e})") from e
+  finally:
+    if added:
+      sys.path.remove(root)
   if not hasattr(module, "get_config"):
     raise InputError(f"{path}: a config file must define get_config()")
   return module.get_config()
