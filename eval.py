@@ -3,7 +3,8 @@
 Runs streaming clip inference and linking over the validation split (or any YouTube-VIS-format folder), writes
 DIR/results/<split>.json and .zip and, where the annotations have ground truth, DIR/results/<split>_metrics.json.
 The model is the latest checkpoint in DIR, else config.model.init_from's converted weights, else random.
-`--benchmark` adds frames/s, milliseconds per frame by stage and peak memory.
+`--benchmark` adds frames/s, milliseconds per frame by stage and peak memory, and (where torchvision is installed)
+the frames/s of torchvision's maskrcnn_resnet50_fpn run frame by frame on the same frames, with the ratio.
 """
 
 import json
@@ -21,7 +22,8 @@ flags.DEFINE_string("workdir", None, "Run directory (checkpoints are read from i
 flags.DEFINE_string("split", None, "Split to evaluate (default: config.data.val_split).")
 flags.DEFINE_string("images", None, "A YouTube-VIS-format JPEGImages folder to evaluate instead of the split.")
 flags.DEFINE_string("annotations", None, "Its annotation file (with or without ground truth).")
-flags.DEFINE_bool("benchmark", False, "Report frames/s, ms per frame by stage and peak memory.")
+flags.DEFINE_bool("benchmark", False, "Report frames/s, ms per frame by stage and peak memory, beside "
+                  "torchvision's per-frame Mask R-CNN.")
 flags.DEFINE_integer("overlays", 0, "Write overlay GIFs of the first N videos.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -39,7 +41,7 @@ def main(argv):
     logging.info("evaluating %s", f"the checkpoint of step {step}" if step is not None else "initial weights")
     scores = eval_lib.evaluate_split(config, model, FLAGS.workdir, split=split, step=step, images_dir=FLAGS.images,
                                      annotation_file=FLAGS.annotations, benchmark=FLAGS.benchmark,
-                                     num_overlays=FLAGS.overlays)
+                                     num_overlays=FLAGS.overlays, compare_with_torchvision=FLAGS.benchmark)
   except InputError as e:
     print(f"eval.py: error: {e}", file=sys.stderr)
     sys.exit(2)

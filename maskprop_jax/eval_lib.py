@@ -16,7 +16,7 @@ from typing import Iterable
 import jax
 import ml_collections
 
-from maskprop_jax import evaluation, inference, visualize
+from maskprop_jax import benchmark_reference, evaluation, inference, visualize
 from maskprop_jax.data import from_config, video_reader, ytvis
 from maskprop_jax.errors import InputError
 from maskprop_jax.model import maskprop
@@ -42,8 +42,12 @@ def predict_videos(model: maskprop.MaskProp, config: ml_collections.ConfigDict,
 def evaluate_split(config: ml_collections.ConfigDict, model: maskprop.MaskProp, workdir: str | Path, *,
                    split: str, step: int | None = None, images_dir: str | None = None,
                    annotation_file: str | None = None, benchmark: bool = False,
-                   num_overlays: int = 0) -> dict[str, float]:
-  """Runs inference over a split (or any YouTube-VIS folder), writes results and returns the metrics."""
+                   num_overlays: int = 0, compare_with_torchvision: bool = False) -> dict[str, float]:
+  """Runs inference over a split (or any YouTube-VIS folder), writes results and returns the metrics.
+
+  `benchmark` adds timings (after a warm-up pass over the first video); `compare_with_torchvision` adds those of
+  torchvision's per-frame Mask R-CNN on the same frames, and the ratio of the two frames/s.
+  """
   if annotation_file:
     dataset = ytvis.load_ytvis(annotation_file, images_dir)
     videos = list(video_reader.videos_from_ytvis(dataset))
@@ -77,7 +81,24 @@ def evaluate_split(config: ml_collections.ConfigDict, model: maskprop.MaskProp, 
     visualize.write_overlay_gifs(videos[:num_overlays], predictions, dataset, out_dir / "overlays")
   if benchmark:
     scores.update(benchmark_figures(timer, num_frames, seconds))
+  if benchmark and compare_with_torchvision:
+    scores.update(torchvision_comparison(config, videos, scores["frames_per_second"]))
   return scores
+
+
+def torchvision_comparison(config: ml_collections.ConfigDict, videos: list[video_reader.VideoFrames],
+                           frames_per_second: float) -> dict[str, float]:
+  """torchvision's maskrcnn_resnet50_fpn frame by frame on the same videos, and MaskProp's frames/s over its."""
+  if not benchmark_reference.torchvision_available():
+    logging.warning("torchvision is not installed: no per-frame Mask R-CNN to compare the frames/s with")
+    return {}
+  detector_input = config.model.detector.input
+  reference = benchmark_reference.torchvision_frames_per_second(
+      videos, min_size=detector_input.min_size, max_size=detector_input.max_size,
+      num_classes=config.model.detector.num_classes)
+  return {"torchvision_maskrcnn_frames_per_second": reference["frames_per_second"],
+          "torchvision_maskrcnn_ms_per_frame": reference["ms_per_frame"],
+          "frames_per_second_ratio_to_torchvision": frames_per_second / reference["frames_per_second"]}
 
 
 def benchmark_figures(timer: inference.Timer, num_frames: int, seconds: float) -> dict[str, float]:

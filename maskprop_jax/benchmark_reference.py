@@ -1,0 +1,70 @@
+"""The per-frame baseline of `eval.py --benchmark`: torchvision's maskrcnn_resnet50_fpn run frame by frame.
+
+A per-frame detector has to do this much work on every frame anyway; MaskProp's frames/s divided by this one's
+says what the clip-level tracks cost on top (or save, since MaskProp runs the backbone once per frame and the
+detection heads once per clip center). The detector has random weights and the input size of the config
+(min_size / max_size of config.model.detector.input), runs on the same decoded frames and on the same machine
+(torch's CPU or its first GPU, whichever jax uses), and is timed after one warm-up frame.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from typing import Iterable
+
+import jax
+import numpy as np
+
+
+def torchvision_available() -> bool:
+  return importlib.util.find_spec("torchvision") is not None
+
+
+def _import_maskrcnn_resnet50_fpn():
+  # torchvision imports torch._dynamo, which imports triton where it is installed, and triton's native library
+  # crashes the process when TensorFlow (loaded by clu and by reading the records) came first. Eager inference
+  # uses no triton: hide it while torchvision loads.
+  hide_triton = "triton" not in sys.modules
+  if hide_triton:
+    sys.modules["triton"] = None  # `import triton` now raises ImportError, which torch takes as "not installed"
+  try:
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+  finally:
+    if hide_triton:
+      del sys.modules["triton"]
+  return maskrcnn_resnet50_fpn
+
+
+def torchvision_frames_per_second(videos: Iterable[Iterable[np.ndarray]], *, min_size: int, max_size: int,
+                                  num_classes: int) -> dict[str, float]:
+  """frames/s and ms per frame of torchvision's Mask R-CNN R50-FPN over every frame of `videos` (uint8 HWC)."""
+  import torch  # imported here: torch is only needed for this comparison
+
+  maskrcnn_resnet50_fpn = _import_maskrcnn_resnet50_fpn()
+  device = torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
+  torch.manual_seed(0)
+  detector = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
+                                   min_size=min_size, max_size=max_size).eval().to(device)
+
+  def detect(frame: np.ndarray) -> None:
+    image = torch.from_numpy(frame).to(device).permute(2, 0, 1).float().div_(255.0)  # [3, H, W] in 0..1
+    detector([image])
+    if device.type == "cuda":
+      torch.cuda.synchronize()
+
+  frames = (frame for video in videos for frame in video)
+  with torch.inference_mode():
+    first = next(frames, None)
+    if first is None:
+      raise ValueError("no frames to time torchvision's Mask R-CNN on")
+    detect(first)  # warm-up: first-call allocations and kernel choices stay out of the timing
+    start = time.perf_counter()
+    detect(first)
+    num_frames = 1
+    for frame in frames:  # decoding is timed too, as it is for MaskProp
+      detect(frame)
+      num_frames += 1
+    seconds = time.perf_counter() - start
+  return {"frames_per_second": num_frames / seconds, "ms_per_frame": 1000 * seconds / num_frames}
