@@ -11,7 +11,6 @@ synthetic data set (tests/conftest.py) and share one prepared copy of its record
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -19,21 +18,14 @@ import jax
 import ml_collections
 import pytest
 
+from maskprop_jax import run_config
 from maskprop_jax.data import from_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _default_config() -> ml_collections.ConfigDict:
-  # configs/ is a folder of config files, not a package: load the shared defaults by path.
-  spec = importlib.util.spec_from_file_location("configs_default", REPO_ROOT / "configs" / "default.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def get_config() -> ml_collections.ConfigDict:
-  config = _default_config()
+  config = run_config.load_config_file(REPO_ROOT / "configs" / "default.py")
   data = config.data
   data.name = "synthetic"
   data.root = "/tmp/maskprop_tiny/data"
