@@ -1,0 +1,40 @@
+"""MaskProp R50-FPN on YouTube-VIS 2019, fine-tuned from torchvision's COCO Mask R-CNN on one host of 8 GPUs.
+
+Data: the official download in data/ytvis2019 (train.json + train/JPEGImages, valid.json + valid/JPEGImages);
+its TFDS records are prepared into data/tfds on first use. Weights: convert torchvision's COCO checkpoint first.
+
+    python -m maskprop_jax.convert torchvision --checkpoint maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --out weights/r50
+    python train.py --config configs/ytvis.py --workdir runs/ytvis_r50
+    python eval.py --config configs/ytvis.py --workdir runs/ytvis_r50    # results/valid.zip for the server
+
+Clips as in the paper: training pairs the center frame with 2 reference frames within +-6 frames (T = 6), and
+inference links clips of 2T+1 = 13 frames centred at every frame. Schedule: 16 clips per step (2 per GPU) for
+40k steps, about 10 epochs of YouTube-VIS 2019's ~61k annotated training frames; SGD at 0.02 (the detectron2
+rate for 16 images), decayed x0.1 at 30k and 36k steps, 1k warmup steps.
+
+Expected runtime: about 3 hours on 8 A100-class GPUs plus about 20 minutes of evaluation. This is an estimate
+(each step runs the backbone on 48 frames of 384x640, about the pixels of detectron2's R50-FPN step of 16 COCO
+images, 0.26 s on 8 V100s), not a measurement: no GPU was available to this project.
+
+Speed against a per-frame detector, on any YouTube-VIS-format folder of 360x640 frames (here a synthetic one, so
+the class count is set to its 6 categories + background: only the class-specific output layers shrink); random
+weights, as runs/bench holds no checkpoint:
+
+    python -m maskprop_jax.data.synthetic --out /tmp/s360 --train-videos 0 --val-videos 2 --seed 0 \
+        --height 360 --width 640 --min-frames 12 --max-frames 12
+    python eval.py --config configs/ytvis.py --workdir runs/bench --benchmark --config.model.init_from= \
+        --config.model.detector.num_classes=7 --images /tmp/s360/valid/JPEGImages --annotations /tmp/s360/valid.json
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.init_from = "weights/r50"
+  config.data.worker_count = 8  # input processes per host: ~6 frames/clip decoded and augmented on the CPU
+  config.train.update(dict(global_batch_size=16, num_steps=40_000, log_every=50, checkpoint_every=2_000,
+                           keep_checkpoints=3))
+  config.optimizer.update(dict(name="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_steps=1_000,
+                               warmup_factor=0.001, schedule="step", decay_steps=(30_000, 36_000), gamma=0.1))
+  return config
