@@ -137,13 +137,19 @@ class VideoPredictor:
     frames_in_window = [min(max(f, start), stop - 1) for f in range(center - s.half_window,
                                                                      center + s.half_window + 1)]
     refs = jnp.concatenate([cache[f][level] for f in frames_in_window])  # [2T+1, h, w, C]
+    # Only the kept detections are propagated, in slots padded to a power of two: propagation costs as many
+    # slots as it is given, and a handful of programs (1, 2, 4, ... D slots) serve every clip.
+    center_masks = np.asarray(detections.feature_masks[0])  # [D, h, w]
+    num_slots = min(center_masks.shape[0], 1 << (keep.size - 1).bit_length())
+    slot_masks = np.zeros((num_slots,) + center_masks.shape[1:], np.float32)
+    slot_masks[:keep.size] = center_masks[keep]
     probs = timer.time("propagation", _propagate, self._graphdef, self._state, cache[center][level],
-                       detections.feature_masks, refs)  # [2T+1, D, h, w]
+                       slot_masks[None], refs)  # [2T+1, slots, h, w]
     offset = start - (center - s.half_window)
-    probs = np.array(probs[offset:offset + stop - start])
+    probs = np.array(probs[offset:offset + stop - start, :keep.size])  # [L, K, h, w]
     # On its own frame an instance keeps the mask Mask R-CNN gave it, as in the paper.
-    probs[center - start] = np.asarray(detections.feature_masks[0])
+    probs[center - start] = center_masks[keep]
     mask_h, mask_w = geometry.mask_hw
     probs = probs[:, :, :mask_h, :mask_w]  # the part of the canvas the image covers
     class_probs = np.asarray(detections.class_probs[0])
-    return [linking.ClipTrack(start=start, masks=probs[:, d], class_probs=class_probs[d]) for d in keep]
+    return [linking.ClipTrack(start=start, masks=probs[:, k], class_probs=class_probs[d]) for k, d in enumerate(keep)]
