@@ -160,12 +160,18 @@ def _write_gif(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
   first.save(path, format="GIF", save_all=True, append_images=paletted, duration=round(1000 / fps), loop=0)
 
 
+def check_overlay_path(path: str | Path) -> str:
+  """The overlay's suffix, which picks its format; InputError for one that is not written."""
+  suffix = Path(path).suffix.lower()
+  if suffix not in OUTPUT_SUFFIXES:
+    raise InputError(f"{path}: the overlay must be one of {', '.join(OUTPUT_SUFFIXES)}")
+  return suffix
+
+
 def write_video(path: str, frames: Iterable[np.ndarray], fps: float) -> None:
   """Writes an MP4 (H.264) or a GIF, by `path`'s suffix, whole or not at all."""
   path = Path(path)
-  suffix = path.suffix.lower()
-  if suffix not in OUTPUT_SUFFIXES:
-    raise InputError(f"{path}: the overlay must be one of {', '.join(OUTPUT_SUFFIXES)}")
+  suffix = check_overlay_path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.stem}.partial{suffix}")  # the writers pick the format by suffix
   try:
@@ -191,8 +197,8 @@ def predict_video(loaded: LoadedModel, video: video_reader.VideoFrames,
 
 
 def run_video(args: argparse.Namespace) -> None:
-  if args.out and Path(args.out).suffix.lower() not in OUTPUT_SUFFIXES:
-    raise InputError(f"{args.out}: the overlay must be one of {', '.join(OUTPUT_SUFFIXES)}")
+  if args.out:
+    check_overlay_path(args.out)  # before the work, not after it
   video = video_reader.open_video(args.video)
   loaded = model_from_run(args.workdir, args.config) if args.workdir else model_from_params(args.params, args.config)
   loaded.model.eval()
