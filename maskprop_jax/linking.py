@@ -54,21 +54,42 @@ class VideoTrack:
   num_clips: int
 
 
+def _source_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """For each output position of 1-D linear interpolation with half-pixel centres (edges clamped): the two
+  input positions it draws on (both non-decreasing along the output) and the weight of the second."""
+  centres = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
+  centres = np.clip(centres, 0.0, size_in - 1)
+  low = np.floor(centres).astype(np.int64)
+  return low, np.minimum(low + 1, size_in - 1), (centres - low).astype(np.float32)
+
+
 def interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
   """[size_out, size_in] weights of 1-D linear interpolation with half-pixel centres, edges clamped.
 
   `ry @ mask @ rx.T` resizes a [h, w] mask bilinearly as align_corners=False does.
   """
-  centres = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
-  centres = np.clip(centres, 0.0, size_in - 1)
-  low = np.floor(centres).astype(np.int64)
-  high = np.minimum(low + 1, size_in - 1)
-  frac = (centres - low).astype(np.float32)
+  low, high, frac = _source_taps(size_in, size_out)
   weights = np.zeros((size_out, size_in), np.float32)
   rows = np.arange(size_out)
   np.add.at(weights, (rows, low), 1.0 - frac)
   np.add.at(weights, (rows, high), frac)
   return weights
+
+
+class _Axis:
+  """One axis of the upsampling: its weights, and which outputs draw on a range of inputs (and vice versa)."""
+
+  def __init__(self, size_in: int, size_out: int):
+    self.weights = interpolation_matrix(size_in, size_out)  # [out, in]
+    self.low, self.high, _ = _source_taps(size_in, size_out)
+
+  def outputs_reading(self, first: int, last: int) -> tuple[int, int]:
+    """The outputs [start, stop) whose inputs meet inputs first..last (a superset where a weight is 0)."""
+    return int(np.searchsorted(self.high, first, "left")), int(np.searchsorted(self.low, last, "right"))
+
+  def inputs_of(self, start: int, stop: int) -> tuple[int, int]:
+    """The inputs [start, stop) that outputs start..stop-1 draw on."""
+    return int(self.low[start]), int(self.high[stop - 1]) + 1
 
 
 class _Binarizer:
@@ -82,20 +103,19 @@ class _Binarizer:
   def __init__(self, mask_hw: tuple[int, int], video_hw: tuple[int, int], threshold: float):
     self.video_hw = video_hw
     self.threshold = threshold
-    self.ry = interpolation_matrix(mask_hw[0], video_hw[0])  # [H, h]
-    self.rx = interpolation_matrix(mask_hw[1], video_hw[1])  # [W, w]
+    self.rows = _Axis(mask_hw[0], video_hw[0])
+    self.cols = _Axis(mask_hw[1], video_hw[1])
 
   def __call__(self, soft: np.ndarray) -> dict | None:
     """soft: [h, w] -> compressed RLE (str counts) of the [H, W] binary mask, or None when nothing is set."""
     rows_in, cols_in = np.nonzero(soft >= self.threshold)
     if rows_in.size == 0:
       return None
-    r0, r1 = _span(self.ry[:, rows_in.min():rows_in.max() + 1])
-    c0, c1 = _span(self.rx[:, cols_in.min():cols_in.max() + 1])
-    # Those output rows and columns draw on input rows sr0:sr1 and columns sc0:sc1 only.
-    sr0, sr1 = _span(self.ry[r0:r1].T)
-    sc0, sc1 = _span(self.rx[c0:c1].T)
-    patch = self.ry[r0:r1, sr0:sr1] @ soft[sr0:sr1, sc0:sc1] @ self.rx[c0:c1, sc0:sc1].T
+    r0, r1 = self.rows.outputs_reading(rows_in.min(), rows_in.max())
+    c0, c1 = self.cols.outputs_reading(cols_in.min(), cols_in.max())
+    sr0, sr1 = self.rows.inputs_of(r0, r1)
+    sc0, sc1 = self.cols.inputs_of(c0, c1)
+    patch = self.rows.weights[r0:r1, sr0:sr1] @ soft[sr0:sr1, sc0:sc1] @ self.cols.weights[c0:c1, sc0:sc1].T
     return encode_patch(patch >= self.threshold, r0, c0, self.video_hw)
 
 
@@ -120,12 +140,6 @@ def encode_patch(patch: np.ndarray, top: int, left: int, image_hw: tuple[int, in
   rle = mask_utils.frPyObjects({"counts": np.diff(boundaries).tolist(), "size": [height, width]}, height, width)
   rle["counts"] = rle["counts"].decode("ascii")
   return rle
-
-
-def _span(weights: np.ndarray) -> tuple[int, int]:
-  """First and one-past-last row of a [rows, cols] weight matrix with any non-zero weight."""
-  rows = np.flatnonzero(weights.any(1))
-  return int(rows[0]), int(rows[-1]) + 1
 
 
 class _LiveTrack:

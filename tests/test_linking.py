@@ -143,7 +143,7 @@ def test_binarizer_equals_full_upsampling_then_threshold():
   soft = np.zeros([12, 20], np.float32)
   soft[3:7, 5:11] = rng.random([4, 6])
   binarize = linking._Binarizer((12, 20), (37, 61), 0.5)
-  full = binarize.ry @ soft @ binarize.rx.T >= 0.5
+  full = binarize.rows.weights @ soft @ binarize.cols.weights.T >= 0.5
   np.testing.assert_array_equal(mask_utils.decode(binarize(soft)), full)
   assert binarize(np.full([12, 20], 0.2, np.float32)) is None
 
