@@ -92,10 +92,10 @@ def torchvision_comparison(config: ml_collections.ConfigDict, videos: list[video
   if not benchmark_reference.torchvision_available():
     logging.warning("torchvision is not installed: no per-frame Mask R-CNN to compare the frames/s with")
     return {}
-  detector_input = config.model.detector.input
+  detector = config.model.detector
   reference = benchmark_reference.torchvision_frames_per_second(
-      videos, min_size=detector_input.min_size, max_size=detector_input.max_size,
-      num_classes=config.model.detector.num_classes)
+      videos, min_size=detector.input.min_size, max_size=detector.input.max_size, num_classes=detector.num_classes,
+      score_thresh=detector.roi_heads.score_thresh, detections_per_img=detector.roi_heads.detections_per_img)
   return {"torchvision_maskrcnn_frames_per_second": reference["frames_per_second"],
           "torchvision_maskrcnn_ms_per_frame": reference["ms_per_frame"],
           "frames_per_second_ratio_to_torchvision": frames_per_second / reference["frames_per_second"]}
