@@ -26,4 +26,5 @@ def get_config():
   data.max_instances = 20
   config.model.detector.num_classes = 26  # 25 categories + background
   config.inference.update(dict(max_instances=20, match_threshold=0.2))
+  config.model.detector.roi_heads.detections_per_img = config.inference.max_instances
   return config

@@ -23,18 +23,38 @@ weights, as runs/bench holds no checkpoint:
     python -m maskprop_jax.data.synthetic --out /tmp/s360 --train-videos 0 --val-videos 2 --seed 0 \
         --height 360 --width 640 --min-frames 12 --max-frames 12
     python eval.py --config configs/ytvis.py --workdir runs/bench --benchmark --config.model.init_from= \
-        --config.model.detector.num_classes=7 --images /tmp/s360/valid/JPEGImages --annotations /tmp/s360/valid.json
+        --config.model.detector.num_classes=7 --config.model.detector.roi_heads.score_thresh=0 \
+        --config.inference.score_thresh=0 --images /tmp/s360/valid/JPEGImages --annotations /tmp/s360/valid.json
+
+(Random weights score no class above the thresholds: at 0, both detectors keep their 10 best detections of a frame
+as a trained model would, and MaskProp propagates and links all of them.)
 """
 
 from configs import default
+from maskprop_jax.model.config import mask_rcnn_config
 
 
 def get_config():
   config = default.get_config()
   config.model.init_from = "weights/r50"
+  # Every detection of a clip's center frame is propagated to all 2T+1 frames (static shapes: all D slots): keep
+  # the detector's D at the number of tracks a clip contributes.
+  config.model.detector.roi_heads.detections_per_img = config.inference.max_instances
   config.data.worker_count = 8  # input processes per host: ~6 frames/clip decoded and augmented on the CPU
   config.train.update(dict(global_batch_size=16, num_steps=40_000, log_every=50, checkpoint_every=2_000,
                            keep_checkpoints=3))
   config.optimizer.update(dict(name="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_steps=1_000,
                                warmup_factor=0.001, schedule="step", decay_steps=(30_000, 36_000), gamma=0.1))
+  return config
+
+
+def with_detector(config, variant: str):
+  """config with another Mask R-CNN variant (R101, X101 weights) that keeps this config's classes, input size and
+  detections per frame."""
+  detector = mask_rcnn_config(variant)
+  current = config.model.detector
+  detector.num_classes = current.num_classes
+  detector.input.update(dict(min_size=current.input.min_size, max_size=current.input.max_size))
+  detector.roi_heads.detections_per_img = current.roi_heads.detections_per_img
+  config.model.detector = detector
   return config

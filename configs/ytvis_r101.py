@@ -13,15 +13,9 @@ backbone costs about 1.4x R50's; not measured, no GPU was available to this proj
 """
 
 from configs import ytvis
-from maskprop_jax.model.config import mask_rcnn_config
 
 
 def get_config():
-  config = ytvis.get_config()
-  detector = mask_rcnn_config("detectron2_R_101_FPN")
-  detector.num_classes = config.model.detector.num_classes
-  detector.input.update(dict(min_size=config.model.detector.input.min_size,
-                             max_size=config.model.detector.input.max_size))
-  config.model.detector = detector
+  config = ytvis.with_detector(ytvis.get_config(), "detectron2_R_101_FPN")
   config.model.init_from = "weights/r101"
   return config

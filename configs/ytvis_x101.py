@@ -15,15 +15,9 @@ model zoo step times; not measured, no GPU was available to this project).
 """
 
 from configs import ytvis
-from maskprop_jax.model.config import mask_rcnn_config
 
 
 def get_config():
-  config = ytvis.get_config()
-  detector = mask_rcnn_config("detectron2_X_101_32x8d_FPN")
-  detector.num_classes = config.model.detector.num_classes
-  detector.input.update(dict(min_size=config.model.detector.input.min_size,
-                             max_size=config.model.detector.input.max_size))
-  config.model.detector = detector
+  config = ytvis.with_detector(ytvis.get_config(), "detectron2_X_101_32x8d_FPN")
   config.model.init_from = "weights/x101"
   return config

@@ -52,6 +52,7 @@ def test_paper_clip_length_in_the_youtube_vis_configs():
   for name in ("ytvis", "ytvis_r101", "ytvis_x101", "ytvis2021", "ovis", "ytvis_tpu"):
     config, _ = _load(name)
     assert config.inference.half_window == 6 and config.data.max_ref_offset == 6, name  # clips of 2T+1 = 13
+    assert config.model.detector.roi_heads.detections_per_img == config.inference.max_instances, name
 
 
 def test_backbones_of_the_r101_and_x101_configs():
