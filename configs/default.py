@@ -58,5 +58,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.inference = ml_collections.ConfigDict(dict(
       half_window=6,  # T: a clip spans 2T+1 frames
       clip_stride=1,  # a clip centred at every s-th frame
-      score_thresh=0.3, max_instances=10, match_threshold=0.3, mask_threshold=0.5))
+      score_thresh=0.3, max_instances=10, match_threshold=0.3, mask_threshold=0.5, duplicate_iou=0.5))
   return config

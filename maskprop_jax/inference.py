@@ -31,11 +31,12 @@ class ClipSettings:
   score_thresh: float
   match_threshold: float
   mask_threshold: float
+  duplicate_iou: float  # a center-frame detection overlapping a better one more than this is dropped
 
   @classmethod
   def from_config(cls, config) -> "ClipSettings":
     c = config.inference
-    return cls(c.half_window, c.clip_stride, c.score_thresh, c.match_threshold, c.mask_threshold)
+    return cls(c.half_window, c.clip_stride, c.score_thresh, c.match_threshold, c.mask_threshold, c.duplicate_iou)
 
 
 def clip_windows(num_frames: int, half_window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -46,6 +47,23 @@ def clip_windows(num_frames: int, half_window: int, stride: int) -> list[tuple[i
   if centers[-1] != num_frames - 1 and stride > 1:
     centers.append(num_frames - 1)  # the last frames are covered by a clip of their own
   return [(c, max(0, c - half_window), min(num_frames, c + half_window + 1)) for c in centers]
+
+
+def suppress_duplicates(masks: np.ndarray, max_iou: float) -> np.ndarray:
+  """Indices of the masks [K, h, w] (best first) kept by greedy NMS on soft mask IoU.
+
+  Mask R-CNN's NMS is per class, so one object detected under two classes survives it twice; two clip tracks of
+  one object would then start two video tracks.
+  """
+  flat = masks.reshape(masks.shape[0], -1)
+  inter = flat @ flat.T
+  area = flat.sum(1)
+  iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-6)
+  kept: list[int] = []
+  for i in range(flat.shape[0]):
+    if all(iou[i, j] <= max_iou for j in kept):
+      kept.append(i)
+  return np.asarray(kept, np.int64)
 
 
 class Timer:
@@ -132,6 +150,8 @@ class VideoPredictor:
     keep = np.flatnonzero(np.asarray(detections.valid[0]) & (np.asarray(detections.scores[0]) >= s.score_thresh))
     if keep.size == 0:
       return []
+    center_masks = np.asarray(detections.feature_masks[0])  # [D, h, w]
+    keep = keep[suppress_duplicates(center_masks[keep], s.duplicate_iou)]
     level = model.propagation_level
     # Pad the window to its full length so that one program serves every clip, the video's ends included.
     frames_in_window = [min(max(f, start), stop - 1) for f in range(center - s.half_window,
@@ -139,7 +159,6 @@ class VideoPredictor:
     refs = jnp.concatenate([cache[f][level] for f in frames_in_window])  # [2T+1, h, w, C]
     # Only the kept detections are propagated, in slots padded to a power of two: propagation costs as many
     # slots as it is given, and a handful of programs (1, 2, 4, ... D slots) serve every clip.
-    center_masks = np.asarray(detections.feature_masks[0])  # [D, h, w]
     num_slots = min(center_masks.shape[0], 1 << (keep.size - 1).bit_length())
     slot_masks = np.zeros((num_slots,) + center_masks.shape[1:], np.float32)
     slot_masks[:keep.size] = center_masks[keep]

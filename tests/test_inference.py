@@ -107,3 +107,12 @@ def test_peak_memory_does_not_grow_with_video_length(predictor):
       f"400 frames {host_long} B host + {device_long} B device")
   # The window of 2T+1 frames' features is on the device while clips run.
   assert device_short > 0 and device_long > 0
+
+
+def test_suppress_duplicates_keeps_the_best_of_overlapping_masks():
+  masks = np.zeros((4, 8, 8), np.float32)
+  masks[0, :4, :4] = 1.0
+  masks[1, :4, :3] = 0.9  # the same object again, under another class
+  masks[2, 4:, 4:] = 1.0
+  masks[3, :4, 2:6] = 1.0  # overlaps the first by a third
+  np.testing.assert_array_equal(inference.suppress_duplicates(masks, 0.5), [0, 2, 3])
