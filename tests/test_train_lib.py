@@ -1,4 +1,5 @@
-"""The train step of the tiny config: one real step, 4 devices against 1, and a non-finite loss stopping the loop."""
+"""train_lib on the tiny config: one real step, 4 devices against 1, a non-finite loss stopping the loop, the
+batch scaled to the device count, an unsupported compute dtype refused."""
 
 import subprocess
 import sys
@@ -105,13 +106,13 @@ def test_a_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_goo
 
   manager = checkpointing.create_manager(tmp_path, keep=10, save_every=1)
   assert manager.all_steps() == [1, 2]
-  abstract = jax.tree.map(np.asarray, _abstract_state(config))
-  kept = checkpointing.restore_latest(manager, abstract, data_iterator=None)
+  kept = checkpointing.restore_latest(manager, _initial_state(config), data_iterator=None)
   assert int(kept.step) == 2
   assert all(np.all(np.isfinite(v)) for v in _leaves(kept.params).values())
 
 
-def _abstract_state(config):
+def _initial_state(config):
+  """A train state of the config's structure (a restore target)."""
   tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config))
   return train_lib.create_train_state(train_lib.build_model(config, config.seed), config, tx)[1]
 
