@@ -125,18 +125,26 @@ def _metrics_collection(names) -> type[metrics.Collection]:
 
 
 class _Preemption:
-  """SIGTERM (a scheduler's preemption notice) asks the loop to checkpoint and exit cleanly."""
+  """SIGTERM (a scheduler's preemption notice) asks the loop to checkpoint and exit cleanly.
+
+  Only for a single process: in a multi-process run, JAX's preemption service already listens for SIGTERM and
+  agrees with every process on the step to stop at (`manager.reached_preemption`); a handler of our own would
+  replace its listener and let one process stop while the others wait for it in a collective.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     logging.warning("SIGTERM received: saving a checkpoint and stopping")
     self.requested = True
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
