@@ -5,6 +5,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from maskprop_jax import linking
+from maskprop_jax.data import masks as mask_codec
 
 H, W = 24, 40
 T = 3  # clip window 2T+1 = 7 frames
@@ -45,7 +46,7 @@ def clips_from_scene(paths, num_frames, label_of, num_classes=3, stride=1, seed=
 
 def decoded(track, frame):
   rle = track.segmentations[frame]
-  return None if rle is None else mask_utils.decode(rle).astype(bool)
+  return None if rle is None else mask_codec.decode(rle).astype(bool)
 
 
 def assert_follows(track, path, num_frames, min_iou=0.9):
@@ -144,7 +145,7 @@ def test_binarizer_equals_full_upsampling_then_threshold():
   soft[3:7, 5:11] = rng.random([4, 6])
   binarize = linking._Binarizer((12, 20), (37, 61), 0.5)
   full = binarize.rows.weights @ soft @ binarize.cols.weights.T >= 0.5
-  np.testing.assert_array_equal(mask_utils.decode(binarize(soft)), full)
+  np.testing.assert_array_equal(mask_codec.decode(binarize(soft)), full)
   assert binarize(np.full([12, 20], 0.2, np.float32)) is None
 
 

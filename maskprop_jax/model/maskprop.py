@@ -202,8 +202,8 @@ def load_detector_params(model: MaskProp, params_dir: str) -> int:
   replaced = 0
   for path, value in nnx.to_flat_state(nnx.state(loaded)):
     current = target.get(path)
-    if current is not None and np.shape(current.value) == np.shape(value.value):
-      current.value = value.value
+    if current is not None and np.shape(current.get_value()) == np.shape(value.get_value()):
+      current.set_value(value.get_value())
       replaced += 1
   if replaced == 0:
     raise ValueError(f"{params_dir}: no parameter of the converted detector fits this model's detector")

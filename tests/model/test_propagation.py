@@ -26,12 +26,12 @@ def identity_kernel(kh, kw, channels_in, channels_out):
 def test_zero_offsets_and_identity_head_reproduce_the_center_mask():
   head = propagation.PropagationHead(C, offset_width=8, head_width=C, head_depth=2, use_foreground=False,
                                      impl="xla", rngs=nnx.Rngs(0))
-  head.deform_weights[0].value = identity_kernel(3, 3, C, C)
+  head.deform_weights[0].set_value(identity_kernel(3, 3, C, C))
   for conv in head.mask_convs:
-    conv.kernel.value = identity_kernel(3, 3, C, C)
-    conv.bias.value = jnp.zeros((C,))
-  head.mask_logits.kernel.value = identity_kernel(1, 1, C, 1)
-  head.mask_logits.bias.value = jnp.zeros((1,))
+    conv.kernel.set_value(identity_kernel(3, 3, C, C))
+    conv.bias.set_value(jnp.zeros((C,)))
+  head.mask_logits.kernel.set_value(identity_kernel(1, 1, C, 1))
+  head.mask_logits.bias.set_value(jnp.zeros((1,)))
   masks = disc_masks([(4, 5), (7, 10), (6, 8)])[None]  # [1, 3, H, W]
   center = jnp.ones((1, H, W, C))
   reference = jnp.zeros((1, H, W, C))  # offsets convs start at zero, so any reference gives zero offsets
