@@ -74,9 +74,15 @@ def scale_to_devices(config: ml_collections.ConfigDict, num_devices: int) -> ml_
 
 
 def build_model(config: ml_collections.ConfigDict, seed: int) -> nnx.Module:
-  model = maskprop.MaskProp(config.model, rngs=nnx.Rngs(seed))
-  if config.model.init_from:
-    maskprop.load_detector_params(model, config.model.init_from)
+  model_config = config.model
+  if model_config.init_from:
+    model_config = ml_collections.ConfigDict(model_config.to_dict())
+    maskprop.detector_config_from(model_config.init_from, model_config)
+  # Initialised under jit: eager initialisation of a ResNet runs op by op and takes tens of seconds on a CPU.
+  model = nnx.jit(lambda rngs: maskprop.MaskProp(model_config, rngs=rngs))(nnx.Rngs(seed))
+  if model_config.init_from:
+    loaded = maskprop.load_detector_params(model, model_config.init_from)
+    logging.info("initialised the detector from %s (%d arrays)", model_config.init_from, loaded)
   return model
 
 
