@@ -47,7 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict(dict(
       global_batch_size=16, num_steps=60_000, log_every=50, checkpoint_every=2_000, keep_checkpoints=3,
-      eval_every=0, profile_steps=0))
+      eval_every=0, profile_steps=0,
+      # With per_device_batch_size > 0 the global batch grows with the devices, and lr and steps scale linearly
+      # from reference_batch_size (train_lib.scale_to_devices).
+      per_device_batch_size=0, reference_batch_size=0))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_steps=1_000, warmup_factor=0.001,

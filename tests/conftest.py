@@ -1,8 +1,14 @@
 """Fixtures shared by every test file: a tiny synthetic YouTube-VIS data set, generated once per session."""
 
+import importlib.util
 import pathlib
 
 import pytest
+
+# torchvision must load before TensorFlow (which clu and tfds import): the other order can crash the process
+# when torch loads triton's native library. Tests that use torchvision skip cleanly when it is not installed.
+if importlib.util.find_spec("torchvision") is not None:
+  import torchvision.ops  # noqa: F401
 
 from maskprop_jax.data import synthetic, ytvis
 
