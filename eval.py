@@ -8,13 +8,12 @@ the frames/s of torchvision's maskrcnn_resnet50_fpn run frame by frame on the sa
 """
 
 import json
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from maskprop_jax import distributed, eval_lib, train_lib
-from maskprop_jax.errors import InputError
+from maskprop_jax.errors import report_input_errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Configuration (a configs/*.py file).", lock_config=True)
@@ -28,6 +27,7 @@ flags.DEFINE_integer("overlays", 0, "Write overlay GIFs of the first N videos.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+@report_input_errors  # a bad data set or checkpoint: one paragraph on stderr, exit 2
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -36,15 +36,11 @@ def main(argv):
   distributed.initialize()
   config = FLAGS.config
   split = FLAGS.split or config.data.val_split
-  try:
-    model, step = train_lib.restore_model(config, FLAGS.workdir)
-    logging.info("evaluating %s", f"the checkpoint of step {step}" if step is not None else "initial weights")
-    scores = eval_lib.evaluate_split(config, model, FLAGS.workdir, split=split, step=step, images_dir=FLAGS.images,
-                                     annotation_file=FLAGS.annotations, benchmark=FLAGS.benchmark,
-                                     num_overlays=FLAGS.overlays, compare_with_torchvision=FLAGS.benchmark)
-  except InputError as e:
-    print(f"eval.py: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  model, step = train_lib.restore_model(config, FLAGS.workdir)
+  logging.info("evaluating %s", f"the checkpoint of step {step}" if step is not None else "initial weights")
+  scores = eval_lib.evaluate_split(config, model, FLAGS.workdir, split=split, step=step, images_dir=FLAGS.images,
+                                   annotation_file=FLAGS.annotations, benchmark=FLAGS.benchmark,
+                                   num_overlays=FLAGS.overlays, compare_with_torchvision=FLAGS.benchmark)
   print(json.dumps(scores, indent=2))
 
 
