@@ -42,7 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.propagation = ml_collections.ConfigDict(dict(
       level=1,  # FPN level the masks are propagated on: 0 = P2 (stride 4), 1 = P3 (stride 8)
       offset_width=128, num_deform_layers=1, kernel_size=3, head_width=128, head_depth=2, use_foreground=True,
-      impl="auto", loss_weight=1.0))
+      # Masks come out `upsample` times finer than the level's features (sub-pixel convolution): stride 4 here.
+      upsample=2, impl="auto", loss_weight=1.0))
   config.model.compute_dtype = "float32"  # "bfloat16" for the convolutions on GPUs and TPUs
 
   config.train = ml_collections.ConfigDict(dict(
@@ -61,5 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.inference = ml_collections.ConfigDict(dict(
       half_window=6,  # T: a clip spans 2T+1 frames
       clip_stride=1,  # a clip centred at every s-th frame
-      score_thresh=0.3, max_instances=10, match_threshold=0.3, mask_threshold=0.5, duplicate_iou=0.5))
+      score_thresh=0.3, max_instances=10, match_threshold=0.3, mask_threshold=0.5, duplicate_iou=0.5,
+      # A clip's mask on a frame d frames from its center weighs exp(-|d| / temporal_decay) in the video track's
+      # mean; 0 weighs them all the same, as the paper does.
+      temporal_decay=0.0))
   return config

@@ -32,11 +32,13 @@ class ClipSettings:
   match_threshold: float
   mask_threshold: float
   duplicate_iou: float  # a center-frame detection overlapping a better one more than this is dropped
+  temporal_decay: float  # frames; a clip's mask weighs exp(-|d| / decay) at distance d from its center (0: all 1)
 
   @classmethod
   def from_config(cls, config) -> "ClipSettings":
     c = config.inference
-    return cls(c.half_window, c.clip_stride, c.score_thresh, c.match_threshold, c.mask_threshold, c.duplicate_iou)
+    return cls(c.half_window, c.clip_stride, c.score_thresh, c.match_threshold, c.mask_threshold, c.duplicate_iou,
+               c.temporal_decay)
 
 
 def clip_windows(num_frames: int, half_window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -121,7 +123,8 @@ class VideoPredictor:
     model, s = self.model, self.settings
     geometry = maskprop.InputGeometry.for_video(model.config, video_hw)
     linker = linking.TrackLinker(num_frames, geometry.mask_hw, tuple(video_hw), model.num_classes,
-                                 match_threshold=s.match_threshold, mask_threshold=s.mask_threshold)
+                                 match_threshold=s.match_threshold, mask_threshold=s.mask_threshold,
+                                 temporal_decay=s.temporal_decay)
     windows = collections.deque(clip_windows(num_frames, s.half_window, s.clip_stride))
     cache: dict[int, list[jax.Array]] = {}  # frame -> FPN features [1, h, w, C] per level
     frames = iter(frames)
@@ -150,7 +153,7 @@ class VideoPredictor:
     keep = np.flatnonzero(np.asarray(detections.valid[0]) & (np.asarray(detections.scores[0]) >= s.score_thresh))
     if keep.size == 0:
       return []
-    center_masks = np.asarray(detections.feature_masks[0])  # [D, h, w]
+    center_masks = np.asarray(detections.masks[0])  # [D, h, w] on the mask grid
     keep = keep[suppress_duplicates(center_masks[keep], s.duplicate_iou)]
     level = model.propagation_level
     # Pad the window to its full length so that one program serves every clip, the video's ends included.
@@ -171,4 +174,5 @@ class VideoPredictor:
     mask_h, mask_w = geometry.mask_hw
     probs = probs[:, :, :mask_h, :mask_w]  # the part of the canvas the image covers
     class_probs = np.asarray(detections.class_probs[0])
-    return [linking.ClipTrack(start=start, masks=probs[:, k], class_probs=class_probs[d]) for k, d in enumerate(keep)]
+    return [linking.ClipTrack(start=start, masks=probs[:, k], class_probs=class_probs[d], center=center)
+            for k, d in enumerate(keep)]

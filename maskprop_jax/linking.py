@@ -5,7 +5,9 @@ the video tracks that have masks on the frames of its clip window, by the mean p
 the two share (a frame where neither has the instance is no evidence and is left out). A Hungarian assignment over those scores, kept where a score reaches `match_threshold`, extends
 video tracks; a clip track left unmatched starts a new one.
 
-A video track's mask on a frame is the mean of the soft masks its clip tracks put on that frame. Clips arrive in
+A video track's mask on a frame is the mean of the soft masks its clip tracks put on that frame, optionally
+weighted by exp(-|f - c| / temporal_decay) for a clip centred at frame c: a mask the detector drew on the frame
+itself counts more than one carried there over several frames. Clips arrive in
 order, so once a clip starting at frame f has been added, no later clip can touch a frame before f: those frames
 are finished there and then (upsampled to the video's size, thresholded, encoded to RLE) and their soft masks are
 dropped, so memory is bounded by the clip window and the number of live tracks, not by the video's length.
@@ -14,6 +16,7 @@ dropped, so memory is bounded by the clip window and the number of live tracks, 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -32,11 +35,13 @@ class ClipTrack:
     masks: float32 [L, h, w] soft masks (probabilities) on frames start .. start + L - 1.
     class_probs: float32 [C] class probabilities over the C foreground categories (contiguous labels 1..C map
       to indices 0..C-1).
+    center: index in the video of the frame the instance was detected on (start <= center < start + L).
   """
 
   start: int
   masks: np.ndarray
   class_probs: np.ndarray
+  center: int
 
   @property
   def stop(self) -> int:
@@ -145,22 +150,24 @@ def encode_patch(patch: np.ndarray, top: int, left: int, image_hw: tuple[int, in
 class _LiveTrack:
   """A video track still being extended: per-frame sums of soft masks on the frames not yet finished."""
 
-  def __init__(self, track_id: int, num_frames: int, num_classes: int):
+  def __init__(self, track_id: int, num_frames: int, num_classes: int, temporal_decay: float):
     self.id = track_id
-    self.mask_sum: dict[int, np.ndarray] = {}  # frame -> float32 [h * w]
-    self.mask_count: dict[int, int] = {}
+    self.temporal_decay = temporal_decay
+    self.mask_sum: dict[int, np.ndarray] = {}  # frame -> float32 [h * w], weighted
+    self.mask_count: dict[int, float] = {}  # frame -> sum of the weights
     self.class_prob_sum = np.zeros([num_classes], np.float64)
     self.num_clips = 0
     self.segmentations: list[dict | None] = [None] * num_frames
 
   def add(self, clip: ClipTrack, flat_masks: np.ndarray) -> None:
     for offset, frame in enumerate(range(clip.start, clip.stop)):
+      weight = math.exp(-abs(frame - clip.center) / self.temporal_decay) if self.temporal_decay > 0 else 1.0
       if frame in self.mask_sum:
-        self.mask_sum[frame] += flat_masks[offset]
-        self.mask_count[frame] += 1
+        self.mask_sum[frame] += weight * flat_masks[offset]
+        self.mask_count[frame] += weight
       else:
-        self.mask_sum[frame] = flat_masks[offset].copy()
-        self.mask_count[frame] = 1
+        self.mask_sum[frame] = weight * flat_masks[offset]
+        self.mask_count[frame] = weight
     self.class_prob_sum += clip.class_probs
     self.num_clips += 1
 
@@ -190,6 +197,7 @@ class TrackLinker:
       *,
       match_threshold: float = 0.3,
       mask_threshold: float = 0.5,
+      temporal_decay: float = 0.0,
   ):
     if num_frames <= 0:
       raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
@@ -199,6 +207,9 @@ class TrackLinker:
     self.num_classes = num_classes
     self.match_threshold = match_threshold
     self.mask_threshold = mask_threshold
+    if temporal_decay < 0:
+      raise ValueError(f"temporal_decay must be >= 0 (0: every clip weighs the same), got {temporal_decay}")
+    self.temporal_decay = temporal_decay
     self._binarize = _Binarizer(self.mask_hw, self.video_hw, mask_threshold)
     self._live: list[_LiveTrack] = []
     self._finished_before = 0  # frames < this are encoded and dropped from every live track
@@ -232,7 +243,7 @@ class TrackLinker:
           joined[k] = self._live[v].id
     for k, track in enumerate(clip_tracks):
       if joined[k] < 0:
-        live = _LiveTrack(len(self._live), self.num_frames, self.num_classes)
+        live = _LiveTrack(len(self._live), self.num_frames, self.num_classes, self.temporal_decay)
         live.add(track, clip_masks[k])
         self._live.append(live)
         joined[k] = live.id
@@ -259,6 +270,8 @@ class TrackLinker:
     if track.start < 0 or track.stop > self.num_frames:
       raise ValueError(f"clip window {track.start}..{track.stop - 1} leaves the video's frames "
                        f"0..{self.num_frames - 1}")
+    if not track.start <= track.center < track.stop:
+      raise ValueError(f"clip center {track.center} is outside its window {track.start}..{track.stop - 1}")
     if track.class_probs.shape != (self.num_classes,):
       raise ValueError(f"class_probs must be [{self.num_classes}], got {track.class_probs.shape}")
 

@@ -121,7 +121,7 @@ def measure_video(model: maskprop.MaskProp, video: video_reader.VideoFrames, tra
         group = on_center[first:first + TRACK_SLOTS]
         center_masks = np.zeros((TRACK_SLOTS,) + video_hw, np.uint8)
         center_masks[:len(group)] = [gt[k][center] for k in group]
-        grid = _grid_masks(jnp.asarray(center_masks), geometry, model.stride)  # [S, h', w']
+        grid = _grid_masks(jnp.asarray(center_masks), geometry, model.mask_stride)  # [S, h', w']
         probs = np.asarray(_propagate(graphdef, state, features[center], grid[None], references))  # [2T+1, S, ..]
         copy_grid = upsample(np.asarray(grid))  # [S, H, W]
         for slot, k in enumerate(group):

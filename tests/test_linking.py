@@ -37,7 +37,7 @@ def clips_from_scene(paths, num_frames, label_of, num_classes=3, stride=1, seed=
       masks = np.clip(0.9 * masks + 0.05 * rng.random(masks.shape, dtype=np.float32), 0, 1)
       probs = np.full([num_classes], 0.1, np.float32)
       probs[label_of[obj] - 1] = 0.8
-      tracks.append(linking.ClipTrack(start=start, masks=masks, class_probs=probs))
+      tracks.append(linking.ClipTrack(start=start, masks=masks, class_probs=probs, center=center))
     # Detections come in no particular order.
     tracks = [tracks[i] for i in rng.permutation(len(tracks))]
     clips.append(tracks)
@@ -123,7 +123,7 @@ def test_memory_is_bounded_by_the_window():
 
 def test_masks_are_upsampled_to_the_video_size():
   path = lambda f: (12, 5 + f)
-  small = [[linking.ClipTrack(t.start, t.masks[:, ::2, ::2], t.class_probs) for t in clip]
+  small = [[linking.ClipTrack(t.start, t.masks[:, ::2, ::2], t.class_probs, t.center) for t in clip]
            for clip in clips_from_scene([path], 12, {0: 1})]
   tracks = linking.link_clip_tracks(small, 12, (H, W), num_classes=3)
   assert len(tracks) == 1
@@ -168,10 +168,32 @@ def test_encode_patch_equals_pycocotools(seed):
 def test_bad_clips_are_refused():
   linker = linking.TrackLinker(10, (H, W), (H, W), num_classes=3)
   probs = np.ones([3], np.float32) / 3
-  linker.add_clip([linking.ClipTrack(4, np.zeros([3, H, W], np.float32), probs)])
+  linker.add_clip([linking.ClipTrack(4, np.zeros([3, H, W], np.float32), probs, 5)])
   with pytest.raises(ValueError, match="temporal order"):
-    linker.add_clip([linking.ClipTrack(2, np.zeros([3, H, W], np.float32), probs)])
+    linker.add_clip([linking.ClipTrack(2, np.zeros([3, H, W], np.float32), probs, 3)])
   with pytest.raises(ValueError, match="leaves the video"):
-    linker.add_clip([linking.ClipTrack(8, np.zeros([3, H, W], np.float32), probs)])
+    linker.add_clip([linking.ClipTrack(8, np.zeros([3, H, W], np.float32), probs, 9)])
   with pytest.raises(ValueError, match="masks must be"):
-    linker.add_clip([linking.ClipTrack(5, np.zeros([3, H, 2], np.float32), probs)])
+    linker.add_clip([linking.ClipTrack(5, np.zeros([3, H, 2], np.float32), probs, 6)])
+
+
+def test_temporal_decay_weighs_a_clip_by_its_distance_from_the_frame():
+  """Two clips of one object over frames 0..2, centred at 0 (mask 1.0) and at 2 (mask 0.6): uniform weights give
+  0.8 everywhere; with decay 1 frame 0 is (1 + 0.6 e^-2) / (1 + e^-2) = 0.95 and frame 2 is 0.65."""
+  block = np.zeros([3, H, W], np.float32)
+  block[:, 4:10, 6:12] = 1.0
+  probs = np.ones([3], np.float32) / 3
+  present = {}
+  for decay in (0.0, 1.0):
+    linker = linking.TrackLinker(3, (H, W), (H, W), num_classes=3, mask_threshold=0.7, temporal_decay=decay)
+    linker.add_clip([linking.ClipTrack(0, block, probs, center=0)])
+    linker.add_clip([linking.ClipTrack(0, 0.6 * block, probs, center=2)])
+    (track,) = linker.finish()
+    present[decay] = [seg is not None for seg in track.segmentations]
+  assert present[0.0] == [True, True, True]
+  assert present[1.0] == [True, True, False]
+  with pytest.raises(ValueError, match="temporal_decay"):
+    linking.TrackLinker(3, (H, W), (H, W), num_classes=3, temporal_decay=-1.0)
+  linker = linking.TrackLinker(3, (H, W), (H, W), num_classes=3)
+  with pytest.raises(ValueError, match="outside its window"):
+    linker.add_clip([linking.ClipTrack(0, block, probs, center=3)])

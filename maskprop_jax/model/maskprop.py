@@ -37,7 +37,7 @@ class ClipDetections(NamedTuple):
   scores: jax.Array  # [1, D]
   labels: jax.Array  # [1, D] contiguous class 1..C
   class_probs: jax.Array  # [1, D, C] score on the label's entry (what linking averages over clips)
-  feature_masks: jax.Array  # [1, D, h, w] mask probabilities at the propagation level's resolution
+  masks: jax.Array  # [1, D, h, w] mask probabilities on the mask grid (the propagation output's stride)
   valid: jax.Array  # [1, D]
 
 
@@ -48,14 +48,14 @@ class InputGeometry:
   video_hw: tuple[int, int]
   resized_hw: tuple[int, int]
   canvas_hw: tuple[int, int]
-  mask_hw: tuple[int, int]  # cells of the propagation level that the resized frame covers
+  mask_hw: tuple[int, int]  # cells of the mask grid (the propagation output) that the resized frame covers
 
   @classmethod
   def for_video(cls, config: ml_collections.ConfigDict, video_hw: tuple[int, int]) -> "InputGeometry":
     detector = config.detector.input
     resized = transform.resized_hw(tuple(video_hw), detector.min_size, detector.max_size)
     canvas = transform.padded_hw(resized, detector.size_divisible)
-    stride = FPN_STRIDES[config.propagation.level]
+    stride = FPN_STRIDES[config.propagation.level] // config.propagation.upsample
     return cls(tuple(video_hw), resized, canvas, (math.ceil(resized[0] / stride), math.ceil(resized[1] / stride)))
 
 
@@ -63,13 +63,16 @@ class MaskProp(nnx.Module):
   """`detector` (a torchvision-compatible Mask R-CNN) and `propagation` (the mask propagation branch)."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    if FPN_STRIDES[config.propagation.level] % config.propagation.upsample:
+      raise ValueError(f"propagation.upsample={config.propagation.upsample} must divide the stride "
+                       f"{FPN_STRIDES[config.propagation.level]} of FPN level {config.propagation.level}")
     self.config = ml_collections.FrozenConfigDict(config)
     self.detector = mask_rcnn.MaskRCNN(config.detector, rngs=rngs)
     p = config.propagation
     self.propagation = propagation.PropagationHead(
         config.detector.backbone.fpn_channels, offset_width=p.offset_width, num_deform_layers=p.num_deform_layers,
         kernel_size=p.kernel_size, head_width=p.head_width, head_depth=p.head_depth,
-        use_foreground=p.use_foreground, impl=p.impl, rngs=rngs)
+        use_foreground=p.use_foreground, upsample=p.upsample, impl=p.impl, rngs=rngs)
 
   @property
   def num_classes(self) -> int:
@@ -82,7 +85,13 @@ class MaskProp(nnx.Module):
 
   @property
   def stride(self) -> int:
+    """Stride of the features that propagation reads."""
     return FPN_STRIDES[self.config.propagation.level]
+
+  @property
+  def mask_stride(self) -> int:
+    """Stride of the mask grid that propagation writes (and linking reads)."""
+    return self.stride // self.config.propagation.upsample
 
   def features(self, images: jax.Array, image_hw: jax.Array) -> list[jax.Array]:
     """FPN levels P2..P6 of uint8 RGB canvases [N, H, W, 3] whose content is image_hw [N, 2].
@@ -103,9 +112,9 @@ class MaskProp(nnx.Module):
 
   def instance_masks(self, mask_probs: jax.Array, boxes: jax.Array, image_hw: jax.Array,
                      canvas_hw: tuple[int, int]) -> jax.Array:
-    """28x28 box-relative masks [N, D, M, M] -> masks on the propagation level's grid [N, D, h, w]."""
+    """28x28 box-relative masks [N, D, M, M] -> masks on the mask grid [N, D, h, w]."""
     pasted = paste_masks_in_image(mask_probs, boxes, canvas_hw, image_hw[:, None, :])  # [N, D, H, W]
-    return propagation.downsample_masks(pasted, self.stride)
+    return propagation.downsample_masks(pasted, self.mask_stride)
 
   def detect(self, features: list[jax.Array], image_hw: jax.Array) -> ClipDetections:
     """Mask R-CNN detections of one frame's features (batch of 1), with masks on the propagation grid."""
@@ -114,18 +123,21 @@ class MaskProp(nnx.Module):
     det = self.detector.roi_heads.detect(features[:mask_rcnn.NUM_POOLED_LEVELS], proposals.boxes, proposals.valid,
                                          image_hw, canvas_hw)
     class_probs = jax.nn.one_hot(det.labels - 1, self.num_classes) * det.scores[..., None]
-    feature_masks = self.instance_masks(det.masks, det.boxes, image_hw, canvas_hw)
+    masks = self.instance_masks(det.masks, det.boxes, image_hw, canvas_hw)
     return ClipDetections(det.boxes, det.scores, det.labels, jnp.where(det.valid[..., None], class_probs, 0.0),
-                          jnp.where(det.valid[..., None, None], feature_masks, 0.0), det.valid)
+                          jnp.where(det.valid[..., None, None], masks, 0.0), det.valid)
 
   def propagate(self, center: jax.Array, masks: jax.Array, references: jax.Array) -> jax.Array:
     """Mask probabilities [L, D, h, w] of the center frame's instances in each of L reference frames.
 
-    center: [1, h, w, C] features of the center frame; masks: [1, D, h, w]; references: [L, h, w, C].
+    center: [1, h', w', C] features of the center frame; masks: [1, D, h, w] on the mask grid;
+    references: [L, h', w', C]. (h, w) = upsample * (h', w').
     """
     length = references.shape[0]
+    feature_masks = propagation.downsample_masks(masks, self.config.propagation.upsample)
     logits, fg_logits = self.propagation(jnp.broadcast_to(center, references.shape),
-                                         jnp.broadcast_to(masks, (length,) + masks.shape[1:]), references)
+                                         jnp.broadcast_to(feature_masks, (length,) + feature_masks.shape[1:]),
+                                         references)
     return propagation.mask_probabilities(logits, fg_logits)
 
 
@@ -160,6 +172,7 @@ def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
   center_probs = jax.lax.stop_gradient(select_class_masks(mask_logits, jnp.maximum(gt.labels, 1)))
   center_masks = model.instance_masks(center_probs, gt.boxes, image_hw, (height, width))  # [B, M, h, w]
   center_masks = jnp.where(gt_valid[..., None, None], center_masks, 0.0)
+  center_masks = propagation.downsample_masks(center_masks, model.config.propagation.upsample)  # feature grid
 
   level = model.propagation_level
   num_refs = num_frames - 1
@@ -167,7 +180,7 @@ def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
   centers = jnp.repeat(per_clip[level][:, 0], num_refs, axis=0)
   logits, fg_logits = model.propagation(centers, jnp.repeat(center_masks, num_refs, axis=0), refs)
   probs = propagation.mask_probabilities(logits, fg_logits)  # [B*K, M, h, w]
-  targets = propagation.downsample_masks(batch["masks"][:, 1:], model.stride)  # [B, K, M, h, w]
+  targets = propagation.downsample_masks(batch["masks"][:, 1:], model.mask_stride)  # [B, K, M, h, w]
   targets = targets.reshape(batch_size * num_refs, *targets.shape[2:])
   track_valid = jnp.repeat(gt_valid, num_refs, axis=0)  # the instance is on the center frame
   losses["loss_propagation"] = propagation.soft_iou_loss(probs, targets, track_valid)

@@ -7,6 +7,11 @@ For every instance i detected in the center frame t and every reference frame t+
   logits^i = head(g^i + f_{t+d})                      the instance's mask in frame t+d
 optionally gated by an instance-agnostic foreground map of frame t+d: p^i = sigmoid(logits^i) * sigmoid(fg).
 
+With `upsample` u > 1 the last 1x1 convs predict u*u logits per feature cell, rearranged into a u-times finer
+grid (sub-pixel convolution): the features stay at the FPN level's stride s, the masks come out at stride s/u.
+Small objects need it: on the synthetic valid set, masks held on a stride-4 grid cap video AP at 0.66 even when
+every mask is exact (0.91 at stride 2, 1.0 at stride 1).
+
 The first deformable layer reads f_t once for all instances (`masked_deform_conv2d`); later layers, if any,
 warp each instance's features with their own offsets. Shapes are static: I instance slots with a validity mask.
 """
@@ -18,6 +23,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maskprop_jax import kernels
+
+
+def depth_to_space(x: jax.Array, factor: int) -> jax.Array:
+  """[..., H, W, u*u] -> [..., H*u, W*u]: channel (a, b) of cell (y, x) becomes pixel (y*u + a, x*u + b)."""
+  *lead, height, width, channels = x.shape
+  if channels != factor * factor:
+    raise ValueError(f"depth_to_space by {factor} needs {factor * factor} channels, got {channels}")
+  x = x.reshape(*lead, height, width, factor, factor)
+  x = jnp.moveaxis(x, -2, -3)  # [..., H, u, W, u]
+  return x.reshape(*lead, height * factor, width * factor)
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rngs, zero: bool = False):
@@ -51,8 +66,11 @@ class PropagationHead(nnx.Module):
 
   def __init__(self, channels: int = 256, *, offset_width: int = 128, num_deform_layers: int = 1,
                kernel_size: int = 3, head_width: int = 128, head_depth: int = 2, use_foreground: bool = True,
-               impl: str = "auto", rngs: nnx.Rngs):
+               upsample: int = 1, impl: str = "auto", rngs: nnx.Rngs):
+    if upsample < 1:
+      raise ValueError(f"upsample must be a positive integer, got {upsample}")
     self.impl = impl
+    self.upsample = upsample
     self.kernel_size = kernel_size
     self.offsets = OffsetBlock(channels, offset_width, num_deform_layers, kernel_size, rngs=rngs)
     init = nnx.initializers.he_normal()
@@ -62,10 +80,11 @@ class PropagationHead(nnx.Module):
     self.deform_biases = nnx.List([nnx.Param(jnp.zeros((channels,))) for _ in range(num_deform_layers)])
     widths = [channels] + [head_width] * head_depth
     self.mask_convs = nnx.List([_conv(a, b, 3, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
-    self.mask_logits = _conv(widths[-1], 1, 1, rngs=rngs)
+    outputs = upsample * upsample
+    self.mask_logits = _conv(widths[-1], outputs, 1, rngs=rngs)
     # Empty when the foreground gate is off (an attribute's kind, data or static, is fixed at construction).
     self.foreground = nnx.List(
-        [_conv(channels, head_width, 3, rngs=rngs), _conv(head_width, 1, 1, rngs=rngs)] if use_foreground else [])
+        [_conv(channels, head_width, 3, rngs=rngs), _conv(head_width, outputs, 1, rngs=rngs)] if use_foreground else [])
 
   def warp(self, center: jax.Array, instance_masks: jax.Array, reference: jax.Array) -> jax.Array:
     """g^i: instance features of the center frame warped toward the reference frame.
@@ -91,18 +110,19 @@ class PropagationHead(nnx.Module):
                reference: jax.Array) -> tuple[jax.Array, jax.Array | None]:
     """Mask logits of every instance in the reference frame, and the foreground logits of that frame.
 
-    center: [N, H, W, C]; instance_masks: [N, I, H, W]; reference: [N, H, W, C].
-    Returns (logits [N, I, H, W], foreground logits [N, H, W] or None).
+    center: [N, H, W, C]; instance_masks: [N, I, H, W] at feature resolution; reference: [N, H, W, C].
+    Returns (logits [N, I, uH, uW], foreground logits [N, uH, uW] or None), u = `upsample`.
     """
     n, num_instances, height, width = instance_masks.shape
     h = self.warp(center, instance_masks, reference) + reference[:, None]  # [N, I, H, W, C]
     h = h.reshape(n * num_instances, height, width, -1)
     for conv in self.mask_convs:
       h = jax.nn.relu(conv(h))
-    logits = self.mask_logits(h).reshape(n, num_instances, height, width)
+    u = self.upsample
+    logits = depth_to_space(self.mask_logits(h), u).reshape(n, num_instances, height * u, width * u)
     fg_logits = None
     if len(self.foreground):
-      fg_logits = self.foreground[1](jax.nn.relu(self.foreground[0](reference)))[..., 0]
+      fg_logits = depth_to_space(self.foreground[1](jax.nn.relu(self.foreground[0](reference))), u)
     return logits, fg_logits
 
 

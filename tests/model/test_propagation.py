@@ -86,3 +86,32 @@ def test_training_steps_reduce_the_propagation_loss():
   losses = [float(step(head, optimizer)) for _ in range(15)]
   assert np.all(np.isfinite(losses))
   assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_depth_to_space_places_each_channel_on_its_sub_pixel():
+  cells = jnp.arange(2 * 3 * 4, dtype=jnp.float32).reshape(2, 3, 4)  # [H=2, W=3, u*u=4]
+  fine = propagation.depth_to_space(cells, 2)  # [4, 6]
+  assert fine.shape == (4, 6)
+  for y in range(2):
+    for x in range(3):
+      np.testing.assert_array_equal(fine[2 * y:2 * y + 2, 2 * x:2 * x + 2], cells[y, x].reshape(2, 2))
+  with pytest.raises(ValueError, match="needs 9 channels"):
+    propagation.depth_to_space(cells, 3)
+
+
+def test_upsampled_head_predicts_a_finer_grid():
+  """With upsample u, the identity head repeats each cell's logit over its u x u sub-pixels."""
+  u = 2
+  head = propagation.PropagationHead(C, offset_width=8, head_width=C, head_depth=1, use_foreground=True,
+                                     upsample=u, impl="xla", rngs=nnx.Rngs(0))
+  head.deform_weights[0].set_value(identity_kernel(3, 3, C, C))
+  head.mask_convs[0].kernel.set_value(identity_kernel(3, 3, C, C))
+  head.mask_convs[0].bias.set_value(jnp.zeros((C,)))
+  head.mask_logits.kernel.set_value(jnp.ones((1, 1, C, u * u)) / C)
+  head.mask_logits.bias.set_value(jnp.zeros((u * u,)))
+  masks = disc_masks([(4, 5), (7, 10)])[None]  # [1, 2, H, W]
+  logits, fg = head(jnp.ones((1, H, W, C)), jnp.asarray(masks), jnp.zeros((1, H, W, C)))
+  assert logits.shape == (1, 2, u * H, u * W) and fg.shape == (1, u * H, u * W)
+  np.testing.assert_allclose(logits, np.repeat(np.repeat(masks, u, axis=-2), u, axis=-1), atol=1e-6)
+  with pytest.raises(ValueError, match="positive integer"):
+    propagation.PropagationHead(C, upsample=0, rngs=nnx.Rngs(0))
