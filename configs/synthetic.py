@@ -8,6 +8,7 @@ results, metrics and overlay GIFs to the workdir. Expected runtime: about 20 min
 """
 
 from configs import default
+from maskprop_jax.data import synthetic
 
 
 def get_config():
@@ -15,9 +16,12 @@ def get_config():
   data = config.data
   data.name = "synthetic"
   data.root = "data/synthetic"
-  data.image_hw = (128, 192)
-  data.scale_range = (112, 128)
-  data.max_instances = 5
+  # Frames are 128x192; the network sees them 1.06-1.25x larger (1.25x at test), so small objects gain pixels:
+  # testing at 1.25x alone lifted AP75 from 0.36 to 0.48 on a model trained at 0.9-1x.
+  data.image_hw = (160, 240)
+  data.scale_range = (136, 160)
+  # Every object of a frame needs a slot: one left out would be trained as background.
+  data.max_instances = synthetic.MAX_INSTANCES
   data.num_ref_frames = 1
   data.max_ref_offset = 6
   data.worker_count = 0
@@ -25,17 +29,19 @@ def get_config():
 
   detector = config.model.detector
   detector.num_classes = 7  # 6 shape categories + background
-  detector.backbone.update(dict(stage_blocks=(1, 1, 1, 1), width_per_group=16, fpn_channels=64))
-  detector.input.update(dict(min_size=128, max_size=192))
+  detector.backbone.update(dict(stage_blocks=(1, 1, 1, 1), width_per_group=16, fpn_channels=32))
+  detector.input.update(dict(min_size=160, max_size=240))
   detector.anchors.sizes = ((16,), (32,), (64,), (128,), (256,))
   detector.rpn.update(dict(pre_nms_top_n_train=600, post_nms_top_n_train=300, pre_nms_top_n_test=300,
                            post_nms_top_n_test=100, batch_size_per_image=128))
   detector.roi_heads.update(dict(box_fc_dim=256, mask_layers=(32, 32), batch_size_per_image=64,
                                  detections_per_img=20))
-  config.model.propagation.update(dict(level=0, offset_width=16, head_width=16, head_depth=1))
+  # Features at stride 4 (P2), masks at stride 1: the objects are small (median 15x15 pixels).
+  config.model.propagation.update(dict(level=0, upsample=4, offset_width=16, head_width=16, head_depth=1))
 
-  config.train.update(dict(global_batch_size=4, num_steps=1500, log_every=50, checkpoint_every=500))
+  config.train.update(dict(global_batch_size=4, num_steps=1300, log_every=50, checkpoint_every=500))
   config.optimizer.update(dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=100, warmup_factor=0.01,
                                schedule="cosine", clip_grad_norm=10.0, frozen_patterns=()))
-  config.inference.update(dict(half_window=3, score_thresh=0.3, max_instances=6))
+  config.inference.update(dict(half_window=3, score_thresh=0.3, max_instances=6, match_threshold=0.1,
+                               temporal_decay=1.0))
   return config

@@ -78,3 +78,11 @@ def test_tpu_config_batch_and_schedule_grow_with_the_chips():
   assert on_64_chips.train.global_batch_size == 128 and on_64_chips.train.num_steps == 5_000
   assert on_64_chips.train.global_batch_size % 64 == 0
   assert jax.tree.leaves(on_64_chips.optimizer.decay_steps) == [3_750, 4_500]
+
+
+def test_synthetic_config_gives_every_object_of_a_frame_a_slot():
+  from maskprop_jax.data import synthetic
+
+  config, _ = _load("synthetic")
+  # An object left without a slot on a center frame would be trained as background.
+  assert config.data.max_instances >= synthetic.MAX_INSTANCES

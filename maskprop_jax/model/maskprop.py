@@ -117,7 +117,7 @@ class MaskProp(nnx.Module):
     return propagation.downsample_masks(pasted, self.mask_stride)
 
   def detect(self, features: list[jax.Array], image_hw: jax.Array) -> ClipDetections:
-    """Mask R-CNN detections of one frame's features (batch of 1), with masks on the propagation grid."""
+    """Mask R-CNN detections of one frame's features (batch of 1), with masks on the mask grid."""
     canvas_hw = (features[0].shape[1] * FPN_STRIDES[0], features[0].shape[2] * FPN_STRIDES[0])
     proposals, _ = self.detector.rpn(features, image_hw, canvas_hw)
     det = self.detector.roi_heads.detect(features[:mask_rcnn.NUM_POOLED_LEVELS], proposals.boxes, proposals.valid,
