@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
       # torchvision's pretrained detectors keep the stem and the first stage frozen.
       frozen_patterns=(r"^detector/backbone/body/(conv1|bn1|layer1)/",)))
 
+  # The evaluation at the end of training also draws the tracks of the first N validation videos as GIFs.
+  config.evaluation = ml_collections.ConfigDict(dict(num_overlays=0))
+
   config.inference = ml_collections.ConfigDict(dict(
       half_window=6,  # T: a clip spans 2T+1 frames
       clip_stride=1,  # a clip centred at every s-th frame

@@ -4,7 +4,7 @@
 
 Generates the synthetic set (data/synthetic) and its records (data/tfds) on first use, trains a ResNet-26-like
 FPN Mask R-CNN with the propagation branch from scratch, evaluates video AP on the valid split and writes the
-results, metrics and overlay GIFs to the workdir. Expected runtime: about 20 minutes on 2 CPU cores.
+results, metrics and overlay GIFs (results/overlays) to the workdir.
 """
 
 from configs import default
@@ -42,6 +42,7 @@ def get_config():
   config.train.update(dict(global_batch_size=4, num_steps=1300, log_every=50, checkpoint_every=500))
   config.optimizer.update(dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=100, warmup_factor=0.01,
                                schedule="cosine", clip_grad_norm=10.0, frozen_patterns=()))
+  config.evaluation.num_overlays = 3  # results/overlays/*.gif
   config.inference.update(dict(half_window=3, score_thresh=0.3, max_instances=6, match_threshold=0.1,
                                temporal_decay=1.0))
   return config

@@ -238,7 +238,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     preemption.restore()
     manager.wait_until_finished()
     writer.flush()  # a stopped run's last losses reach the summaries too
-  final_metrics = _evaluate(config, graphdef, state, workdir, writer, num_steps)
+  final_metrics = _evaluate(config, graphdef, state, workdir, writer, num_steps,
+                            num_overlays=config.evaluation.num_overlays)
   writer.flush()
   return final_metrics
 
@@ -263,10 +264,12 @@ def _check_finite(step: int, step_metrics: dict[str, jax.Array]) -> None:
                              "good checkpoint is kept: lower the learning rate or check the data")
 
 
-def _evaluate(config, graphdef, state: TrainState, workdir: Path, writer, step: int) -> dict[str, float]:
+def _evaluate(config, graphdef, state: TrainState, workdir: Path, writer, step: int,
+              num_overlays: int = 0) -> dict[str, float]:
   from maskprop_jax import eval_lib  # imported here: evaluation pulls in inference and linking
 
   model = nnx.merge(graphdef, state.params, state.frozen)
-  scores = eval_lib.evaluate_split(config, model, workdir, split=config.data.val_split, step=step)
+  scores = eval_lib.evaluate_split(config, model, workdir, split=config.data.val_split, step=step,
+                                   num_overlays=num_overlays)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
   return scores

@@ -56,9 +56,12 @@ def test_sigterm_then_rerun_gives_the_losses_of_an_uninterrupted_run(prepared_ti
   config = prepared_tiny_config
   # The three runs compile the same programs: the first one's compilations serve the other two.
   env = subprocess_env(compilation_cache=tmp_path / "compilation_cache")
-  uninterrupted = subprocess.run(_train_command(config, tmp_path / "uninterrupted"), cwd=REPO_ROOT, env=env,
+  uninterrupted = subprocess.run(_train_command(config, tmp_path / "uninterrupted") +
+                                 ["--config.evaluation.num_overlays=1"], cwd=REPO_ROOT, env=env,
                                  capture_output=True, text=True, timeout=600)
   assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+  # The final evaluation draws the first validation video's tracks.
+  assert len(list((tmp_path / "uninterrupted" / "results" / "overlays").glob("*.gif"))) == 1
 
   resumed_workdir = tmp_path / "resumed"
   command = _train_command(config, resumed_workdir)
