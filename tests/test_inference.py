@@ -75,6 +75,9 @@ def working_memory(predictor, num_frames: int) -> tuple[int, int]:
   less the arrays that were live before (the model's). A cache that kept every frame's features would show
   there; a linker that kept every frame's soft masks would show on the host side.
   """
+  # Garbage of earlier calls (jax arrays in reference cycles) goes first: counted in the baseline and freed during
+  # the call, it would hide part of the call's own peak.
+  gc.collect()
   baseline_device = sum(a.nbytes for a in jax.live_arrays())
   device_peak = 0
 
@@ -84,7 +87,6 @@ def working_memory(predictor, num_frames: int) -> tuple[int, int]:
       device_peak = max(device_peak, sum(a.nbytes for a in jax.live_arrays()) - baseline_device)
       yield frame
 
-  gc.collect()
   gc.disable()
   tracemalloc.start()
   try:

@@ -14,7 +14,7 @@ def maskprop_config(detector):
   return ml_collections.ConfigDict(dict(
       detector=detector, init_from="",
       propagation=dict(level=1, offset_width=8, num_deform_layers=1, kernel_size=3, head_width=8, head_depth=1,
-                       use_foreground=True, impl="xla", loss_weight=1.0)))
+                       use_foreground=True, upsample=1, impl="xla", loss_weight=1.0)))
 
 
 def test_detector_weights_load_except_the_class_specific_layers(tmp_path):
