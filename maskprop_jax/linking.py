@@ -2,8 +2,9 @@
 
 Clips centred at every s-th frame of a video overlap. Clip tracks arrive in temporal order; each is compared with
 the video tracks that have masks on the frames of its clip window, by the mean per-frame soft IoU over the frames
-the two share (a frame where neither has the instance is no evidence and is left out). A Hungarian assignment over those scores, kept where a score reaches `match_threshold`, extends
-video tracks; a clip track left unmatched starts a new one.
+the two share (a frame where neither has the instance is no evidence and is left out). A Hungarian assignment
+over those scores, kept where a score reaches `match_threshold`, extends video tracks; a clip track left unmatched
+starts a new one.
 
 A video track's mask on a frame is the mean of the soft masks its clip tracks put on that frame, optionally
 weighted by exp(-|f - c| / temporal_decay) for a clip centred at frame c: a mask the detector drew on the frame

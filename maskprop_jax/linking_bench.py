@@ -32,7 +32,8 @@ def make_clips(num_frames, num_objects, half_window, mask_hw, seed=0):
   clips = []
   for center in range(num_frames):
     start, stop = max(0, center - half_window), min(num_frames, center + half_window + 1)
-    clips.append([linking.ClipTrack(start, masks[o, start:stop], probs[o], center) for o in rng.permutation(num_objects)])
+    clips.append([linking.ClipTrack(start, masks[o, start:stop], probs[o], center)
+                  for o in rng.permutation(num_objects)])
   return clips
 
 

@@ -25,7 +25,8 @@ def _schedule(num_steps: int, **optimizer_fields):
 
 
 def test_step_schedule_is_detectron2s_warmup_then_multistep():
-  # The R50 recipe (float32 arithmetic, hence rtol 1e-4 near 0): lr 0.02, 1000 warmup steps from 0.02 * 0.001, x0.1 at steps 40k and 53k (of 60k).
+  # The R50 recipe (float32 arithmetic, hence rtol 1e-4 near 0): lr 0.02, 1000 warmup steps from 0.02 * 0.001,
+  # x0.1 at steps 40k and 53k (of 60k).
   lr = _schedule(60_000, lr=0.02, warmup_steps=1_000, warmup_factor=0.001, schedule="step",
                  decay_steps=(40_000, 53_000), gamma=0.1)
   golden = {0: 2e-5, 500: 0.01001, 999: 0.01998002, 1_000: 0.02, 39_999: 0.02, 40_000: 0.002, 52_999: 0.002,

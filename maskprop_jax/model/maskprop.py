@@ -63,8 +63,9 @@ class MaskProp(nnx.Module):
   """`detector` (a torchvision-compatible Mask R-CNN) and `propagation` (the mask propagation branch)."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    if FPN_STRIDES[config.propagation.level] % config.propagation.upsample:
-      raise ValueError(f"propagation.upsample={config.propagation.upsample} must divide the stride "
+    upsample = config.propagation.upsample
+    if upsample < 1 or FPN_STRIDES[config.propagation.level] % upsample:
+      raise ValueError(f"propagation.upsample={upsample} must be a positive divisor of the stride "
                        f"{FPN_STRIDES[config.propagation.level]} of FPN level {config.propagation.level}")
     self.config = ml_collections.FrozenConfigDict(config)
     self.detector = mask_rcnn.MaskRCNN(config.detector, rngs=rngs)

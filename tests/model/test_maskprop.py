@@ -3,6 +3,7 @@
 import jax
 import ml_collections
 import numpy as np
+import pytest
 from flax import nnx
 
 from maskprop_jax.convert import params_io
@@ -38,3 +39,11 @@ def test_detector_weights_load_except_the_class_specific_layers(tmp_path):
   assert got.roi_heads.box_predictor.cls_score.kernel.get_value().shape[-1] == 3
   total = len(jax.tree.leaves(nnx.state(model.detector)))
   assert 0 < loaded < total
+
+
+def test_upsample_must_divide_the_feature_stride():
+  config = maskprop_config(tiny_mask_rcnn_config(num_classes=3))  # level 1: stride 8
+  for upsample in (0, 3):
+    config.propagation.upsample = upsample
+    with pytest.raises(ValueError, match="positive divisor of the stride 8"):
+      maskprop.MaskProp(config, rngs=nnx.Rngs(0))

@@ -37,6 +37,7 @@ def test_class_labels_count_as_positive_and_keys_vary():
 
 def test_batch_via_vmap():
   labels = np.stack([_labels(3, 20, 1), _labels(20, 2, 2)])
-  pos, neg = jax.vmap(sampler.sample, in_axes=(0, None, None, 0))(labels, 8, 0.5, jax.random.split(jax.random.key(1), 2))
+  keys = jax.random.split(jax.random.key(1), 2)
+  pos, neg = jax.vmap(sampler.sample, in_axes=(0, None, None, 0))(labels, 8, 0.5, keys)
   np.testing.assert_array_equal(pos.sum(1), [3, 4])
   np.testing.assert_array_equal(neg.sum(1), [5, 2])
