@@ -33,10 +33,12 @@ def _torchvision_v1() -> ml_collections.ConfigDict:
   cfg.num_classes = 91  # including background (index 0); torchvision's COCO labels are the COCO category ids
 
   cfg.backbone = ml_collections.ConfigDict(dict(
-    depth=50, groups=1, width_per_group=64, stride_in_1x1=False, stage_blocks=None,
+    depth=50, groups=1, width_per_group=64, stride_in_1x1=False, stage_blocks=None, base_width=64,
     # torchvision's COCO_V1 weights overwrite the frozen-BN eps with 0.0; randomly initialised models use 1e-5.
     bn_eps=1e-5,
     fpn_channels=256, fpn_norm=False,
+    # Not in torchvision: a stride-2 P1 level from the stem for the RoI heads' small boxes (fpn.BackboneWithFPN).
+    stem_level=False,
   ))
   cfg.input = ml_collections.ConfigDict(dict(
     mean=TORCHVISION_MEAN, std=TORCHVISION_STD, scale=1.0, channel_order="RGB",
@@ -132,7 +134,8 @@ def resnet_spec(cfg: ml_collections.ConfigDict) -> ResNetSpec:
   b = cfg.backbone
   return ResNetSpec(depth=b.depth, groups=b.groups, width_per_group=b.width_per_group,
                     stride_in_1x1=b.stride_in_1x1, bn_eps=b.bn_eps,
-                    stage_blocks=None if b.stage_blocks is None else tuple(b.stage_blocks))
+                    stage_blocks=None if b.stage_blocks is None else tuple(b.stage_blocks),
+                    base_width=b.get("base_width", 64))  # run configs saved before base_width existed lack it
 
 
 def input_format(cfg: ml_collections.ConfigDict) -> InputFormat:

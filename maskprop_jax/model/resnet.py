@@ -31,6 +31,10 @@ class ResNetSpec:
   bn_eps: epsilon of the frozen batch norms (torchvision's COCO v1 weights were trained with 0.0).
   stage_blocks: blocks per stage, overriding the depth's (torchvision's ResNet(Bottleneck, layers) takes any;
     tiny test models use (1, 1, 1, 1)).
+  base_width: channels of the stem and planes of the first stage, doubling per stage (torchvision fixes it at 64).
+    Smaller values make a lean model for training from scratch: the stages' outputs are 4 * base_width * 2**i,
+    so with base_width 64 and a narrow width_per_group the 1x1 projections to 256..2048 channels cost most of the
+    network's FLOPs.
   """
 
   depth: int = 50
@@ -39,12 +43,15 @@ class ResNetSpec:
   stride_in_1x1: bool = False
   bn_eps: float = 1e-5
   stage_blocks: tuple[int, int, int, int] | None = None
+  base_width: int = 64
 
   def __post_init__(self):
     if self.stage_blocks is None and self.depth not in STAGE_BLOCKS:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth}")
     if self.stage_blocks is not None and (len(self.stage_blocks) != 4 or min(self.stage_blocks) < 1):
       raise ValueError(f"stage_blocks must be 4 positive block counts, got {self.stage_blocks}")
+    if self.base_width < 1:
+      raise ValueError(f"base_width must be positive, got {self.base_width}")
 
   @property
   def blocks(self) -> tuple[int, int, int, int]:
@@ -53,7 +60,7 @@ class ResNetSpec:
   @property
   def out_channels(self) -> tuple[int, int, int, int]:
     """Channels of C2..C5."""
-    return tuple(64 * 2**i * BOTTLENECK_EXPANSION for i in range(4))
+    return tuple(self.base_width * 2**i * BOTTLENECK_EXPANSION for i in range(4))
 
 
 class FrozenBatchNorm(nnx.Module):
@@ -112,7 +119,7 @@ class Bottleneck(nnx.Module):
   """1x1 -> 3x3 (grouped) -> 1x1 residual block with a projection shortcut where the shape changes."""
 
   def __init__(self, in_channels: int, planes: int, stride: int, spec: ResNetSpec, *, rngs: nnx.Rngs):
-    width = int(planes * (spec.width_per_group / 64.0)) * spec.groups
+    width = int(planes * (spec.width_per_group / 64.0)) * spec.groups  # torchvision's rule
     out_channels = planes * BOTTLENECK_EXPANSION
     stride_1x1, stride_3x3 = (stride, 1) if spec.stride_in_1x1 else (1, stride)
     self.conv1 = conv2d(in_channels, width, 1, stride=stride_1x1, rngs=rngs)
@@ -152,11 +159,11 @@ class ResNet(nnx.Module):
 
   def __init__(self, spec: ResNetSpec, *, rngs: nnx.Rngs):
     self.spec = spec
-    self.conv1 = conv2d(3, 64, 7, stride=2, padding=3, rngs=rngs)
-    self.bn1 = FrozenBatchNorm(64, eps=spec.bn_eps)
-    in_channels = 64
+    self.conv1 = conv2d(3, spec.base_width, 7, stride=2, padding=3, rngs=rngs)
+    self.bn1 = FrozenBatchNorm(spec.base_width, eps=spec.bn_eps)
+    in_channels = spec.base_width
     for stage, num_blocks in enumerate(spec.blocks):
-      planes = 64 * 2**stage
+      planes = spec.base_width * 2**stage
       first_stride = 1 if stage == 0 else 2
       blocks = []
       for i in range(num_blocks):
@@ -167,10 +174,11 @@ class ResNet(nnx.Module):
   def stages(self) -> Sequence[nnx.List]:
     return (self.layer1, self.layer2, self.layer3, self.layer4)
 
-  def __call__(self, images: jax.Array) -> list[jax.Array]:  # [B, H, W, 3] -> C2..C5, strides 4..32
-    x = jax.nn.relu(self.bn1(self.conv1(images)))
-    x = max_pool_3x3_s2(x)
-    features = []
+  def __call__(self, images: jax.Array, with_stem: bool = False) -> list[jax.Array]:
+    """[B, H, W, 3] -> C2..C5 (strides 4..32); with_stem: [C1, C2..C5], C1 the stem's stride-2 output."""
+    stem = jax.nn.relu(self.bn1(self.conv1(images)))
+    x = max_pool_3x3_s2(stem)
+    features = [stem] if with_stem else []
     for stage in self.stages():
       for block in stage:
         x = block(x)

@@ -48,6 +48,24 @@ def test_resnext_grouped_width():
   assert block.conv2.kernel.shape == (3, 3, 256 // 32, 256)  # width = 64 * 8 / 64 * 32 = 256
 
 
+def test_base_width_scales_the_stem_and_every_stage():
+  spec = ResNetSpec(stage_blocks=(1, 1, 1, 1), base_width=16)
+  assert spec.out_channels == (64, 128, 256, 512)  # 4 * 16 * 2**i
+  model = ResNet(spec, rngs=nnx.Rngs(0))
+  assert model.conv1.kernel.shape == (7, 7, 3, 16)
+  block = model.layer3[0]
+  # planes 16 * 4 = 64, width 64 * 64 / 64 = 64; input = layer2's output 4 * 32 = 128
+  assert (block.conv1.kernel.shape, block.conv3.kernel.shape) == ((1, 1, 128, 64), (1, 1, 64, 256))
+  features = jax.eval_shape(lambda x: model(x), jax.ShapeDtypeStruct((2, 64, 96, 3), jnp.float32))
+  assert [f.shape for f in features] == [(2, 16, 24, 64), (2, 8, 12, 128), (2, 4, 6, 256), (2, 2, 3, 512)]
+
+
+def test_default_base_width_is_torchvisions():
+  assert ResNetSpec().out_channels == (256, 512, 1024, 2048)
+  with pytest.raises(ValueError, match="base_width"):
+    ResNetSpec(base_width=0)
+
+
 def test_rejects_unknown_depth():
   with pytest.raises(ValueError, match="depth"):
     ResNetSpec(depth=34)
