@@ -44,8 +44,6 @@ def get_config() -> ml_collections.ConfigDict:
       offset_width=128, num_deform_layers=1, kernel_size=3, head_width=128, head_depth=2, use_foreground=True,
       # Masks come out `upsample` times finer than the level's features (sub-pixel convolution): stride 4 here.
       upsample=2, impl="auto", loss_weight=1.0))
-  # Mask R-CNN's losses on the reference frames too (the paper: the center frame only); see maskprop.compute_losses.
-  config.model.detector_on_reference_frames = False
   config.model.compute_dtype = "float32"  # "bfloat16" for the convolutions on GPUs and TPUs
 
   config.train = ml_collections.ConfigDict(dict(

@@ -37,8 +37,6 @@ def _torchvision_v1() -> ml_collections.ConfigDict:
     # torchvision's COCO_V1 weights overwrite the frozen-BN eps with 0.0; randomly initialised models use 1e-5.
     bn_eps=1e-5,
     fpn_channels=256, fpn_norm=False,
-    # Not in torchvision: a stride-2 P1 level from the stem for the RoI heads' small boxes (fpn.BackboneWithFPN).
-    stem_level=False,
   ))
   cfg.input = ml_collections.ConfigDict(dict(
     mean=TORCHVISION_MEAN, std=TORCHVISION_STD, scale=1.0, channel_order="RGB",

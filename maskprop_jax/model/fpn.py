@@ -75,25 +75,12 @@ class FeaturePyramidNetwork(nnx.Module):
 
 
 class BackboneWithFPN(nnx.Module):
-  """`backbone` of torchvision's Mask R-CNN: `body` (ResNet) + `fpn`; images [B, H, W, 3] -> P2..P6.
+  """`backbone` of torchvision's Mask R-CNN: `body` (ResNet) + `fpn`; images [B, H, W, 3] -> P2..P6."""
 
-  stem_level (not in torchvision) appends P1, a stride-2 level for the RoI heads' small boxes: the stem's output
-  through a 1x1 lateral conv (`stem_lateral`) plus P2 upsampled, the FPN's top-down rule one level further. It
-  has no 3x3 output conv: at 4x P2's pixels one would cost as much as the rest of the FPN, and the RoI heads'
-  convs follow anyway. P1 goes last so that features[0] stays P2 for every reader that expects it.
-  """
-
-  def __init__(self, spec: ResNetSpec, *, fpn_channels: int = 256, fpn_norm: bool = False,
-               stem_level: bool = False, rngs: nnx.Rngs):
+  def __init__(self, spec: ResNetSpec, *, fpn_channels: int = 256, fpn_norm: bool = False, rngs: nnx.Rngs):
     self.body = ResNet(spec, rngs=rngs)
     self.fpn = FeaturePyramidNetwork(spec.out_channels, fpn_channels, with_norm=fpn_norm, rngs=rngs)
-    self.stem_lateral = _conv_norm(spec.base_width, fpn_channels, 1, False, rngs=rngs) if stem_level else None
     self.out_channels = fpn_channels
 
-  def __call__(self, images: jax.Array) -> list[jax.Array]:  # [B, H, W, 3] -> P2..P6 [, P1]
-    if self.stem_lateral is None:
-      return self.fpn(self.body(images))
-    stem, *body = self.body(images, with_stem=True)
-    levels = self.fpn(body)
-    lateral = _apply(self.stem_lateral, stem)  # [B, H/2, W/2, C]
-    return levels + [lateral + resize_nearest(levels[0], lateral.shape[1:3])]
+  def __call__(self, images: jax.Array) -> list[jax.Array]:
+    return self.fpn(self.body(images))

@@ -30,17 +30,6 @@ from maskprop_jax.model.transform import normalize, padded_hw, preprocess_image,
 
 # Levels of the pyramid that RoIAlign pools from (P2..P5); P6 only feeds the RPN, as in torchvision.
 NUM_POOLED_LEVELS = 4
-NUM_RPN_LEVELS = 5  # P2..P6
-
-
-def rpn_levels(features: list[jax.Array]) -> list[jax.Array]:
-  """The levels the RPN reads: P2..P6 (the backbone's P1, where it makes one, is for the RoI heads only)."""
-  return features[:NUM_RPN_LEVELS]
-
-
-def pooled_levels(features: list[jax.Array]) -> list[jax.Array]:
-  """The levels the RoI heads pool from, finest first: P2..P5, preceded by P1 where the backbone makes it."""
-  return features[NUM_RPN_LEVELS:] + features[:NUM_POOLED_LEVELS]
 
 
 class GroundTruth(NamedTuple):
@@ -70,7 +59,7 @@ class MaskRCNN(nnx.Module):
     self.cfg = ml_collections.FrozenConfigDict(cfg)
     channels = cfg.backbone.fpn_channels
     self.backbone = BackboneWithFPN(resnet_spec(cfg), fpn_channels=channels, fpn_norm=cfg.backbone.fpn_norm,
-                                    stem_level=cfg.backbone.get("stem_level", False), rngs=rngs)
+                                    rngs=rngs)
     anchors = AnchorGenerator(
       sizes=tuple(tuple(s) for s in cfg.anchors.sizes),
       aspect_ratios=tuple(tuple(a) for a in cfg.anchors.aspect_ratios),
@@ -88,7 +77,7 @@ class MaskRCNN(nnx.Module):
   def proposals(self, images: jax.Array, image_hw: jax.Array) -> tuple[list[jax.Array], Proposals]:
     """Inference up to the RPN: FPN levels P2..P6 and the proposals [B, post_nms_top_n_test]."""
     features = self.backbone(images)
-    proposals, _ = self.rpn(rpn_levels(features), image_hw, images.shape[1:3])
+    proposals, _ = self.rpn(features, image_hw, images.shape[1:3])
     return features, proposals
 
   def __call__(self, images: jax.Array, image_hw: jax.Array) -> Detections:
@@ -98,7 +87,7 @@ class MaskRCNN(nnx.Module):
     """
     features, proposals = self.proposals(images, image_hw)
     return self.roi_heads.detect(
-      pooled_levels(features), proposals.boxes, proposals.valid, image_hw, images.shape[1:3])
+      features[:NUM_POOLED_LEVELS], proposals.boxes, proposals.valid, image_hw, images.shape[1:3])
 
   def losses(
     self,
@@ -124,12 +113,12 @@ class MaskRCNN(nnx.Module):
     rpn_key, roi_key = jax.random.split(key) if key is not None else (None, None)
     features = self.backbone(images)
     own_proposals, rpn_losses = self.rpn(
-      rpn_levels(features), image_hw, images.shape[1:3], training=True, gt_boxes=gt.boxes, gt_valid=gt.valid,
-      key=rpn_key, sample=anchor_sample)
+      features, image_hw, images.shape[1:3], training=True, gt_boxes=gt.boxes, gt_valid=gt.valid, key=rpn_key,
+      sample=anchor_sample)
     proposals = own_proposals if proposals is None else proposals
     sampled_index, sampled_valid = roi_sample if roi_sample is not None else (None, None)
     roi_losses, _ = self.roi_heads.losses(
-      pooled_levels(features), proposals.boxes, proposals.valid, gt_boxes=gt.boxes, gt_labels=gt.labels,
+      features[:NUM_POOLED_LEVELS], proposals.boxes, proposals.valid, gt_boxes=gt.boxes, gt_labels=gt.labels,
       gt_masks=gt.masks, gt_valid=gt.valid, image_hw=image_hw, input_hw=images.shape[1:3], key=roi_key,
       sampled_index=sampled_index, sampled_valid=sampled_valid)
     return {**rpn_losses, **roi_losses}

@@ -1,8 +1,7 @@
 """The MaskProp model: Mask R-CNN on the center frame of a clip, mask propagation to its other frames.
 
 Training (`compute_losses`) takes a batch of the clip pipeline (data/pipeline.py): every frame of every clip goes
-through the shared backbone; Mask R-CNN's five losses are computed on the center frames (with
-`config.detector_on_reference_frames`, on every frame: not in the paper); the center-frame masks
+through the shared backbone; Mask R-CNN's five losses are computed on the center frames; the center-frame masks
 that drive propagation are the mask head's predictions for the ground-truth boxes (the positive detections
 torchvision's RoI heads always include, matched to their ground truth with IoU 1), and the propagated masks are
 scored with the soft-IoU loss against the same track's mask in each reference frame (empty where it is absent).
@@ -96,8 +95,7 @@ class MaskProp(nnx.Module):
     return self.stride // self.config.propagation.upsample
 
   def features(self, images: jax.Array, image_hw: jax.Array) -> list[jax.Array]:
-    """FPN levels P2..P6 (then P1 where the backbone has its stem level) of uint8 RGB canvases [N, H, W, 3]
-    whose content is image_hw [N, 2].
+    """FPN levels P2..P6 of uint8 RGB canvases [N, H, W, 3] whose content is image_hw [N, 2].
 
     As in torchvision, the canvas beyond the image is zero after normalisation.
     """
@@ -122,8 +120,8 @@ class MaskProp(nnx.Module):
   def detect(self, features: list[jax.Array], image_hw: jax.Array) -> ClipDetections:
     """Mask R-CNN detections of one frame's features (batch of 1), with masks on the mask grid."""
     canvas_hw = (features[0].shape[1] * FPN_STRIDES[0], features[0].shape[2] * FPN_STRIDES[0])
-    proposals, _ = self.detector.rpn(mask_rcnn.rpn_levels(features), image_hw, canvas_hw)
-    det = self.detector.roi_heads.detect(mask_rcnn.pooled_levels(features), proposals.boxes, proposals.valid,
+    proposals, _ = self.detector.rpn(features, image_hw, canvas_hw)
+    det = self.detector.roi_heads.detect(features[:mask_rcnn.NUM_POOLED_LEVELS], proposals.boxes, proposals.valid,
                                          image_hw, canvas_hw)
     class_probs = jax.nn.one_hot(det.labels - 1, self.num_classes) * det.scores[..., None]
     masks = self.instance_masks(det.masks, det.boxes, image_hw, canvas_hw)
@@ -146,7 +144,7 @@ class MaskProp(nnx.Module):
 
 def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
                    key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Mask R-CNN's losses (center frames, or all frames) plus the weighted propagation loss: (total, every term)."""
+  """Mask R-CNN's losses on the center frames plus the weighted propagation loss: (total, every term)."""
   frames = batch["frames"]  # [B, F, H, W, 3] uint8, frame 0 is the center
   batch_size, num_frames, height, width = frames.shape[:4]
   image_hw = batch["image_hw"]  # [B, 2]
@@ -156,36 +154,24 @@ def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
   center_features = [f[:, 0] for f in per_clip]
 
   present = batch["present"]  # [B, F, M]
-  real_track = ~batch["crowd"] & (batch["classes"] > 0)  # [B, M]
-  gt_valid = present[:, 0] & real_track  # [B, M]: the track is on the center frame
-  # Mask R-CNN's losses on the center frames (the paper), or on every frame of the clip (the backbone has computed
-  # their features anyway, so the detector sees 1 + K times the examples for the cost of its heads).
-  det_frames = num_frames if model.config.get("detector_on_reference_frames", False) else 1
-
-  def det_frames_of(x):  # [B, F, ...] -> [B * det_frames, ...], clip-major like the repeats below
-    return x[:, :det_frames].reshape(batch_size * det_frames, *x.shape[2:])
-
-  det_features = [det_frames_of(f) for f in per_clip]
-  det_hw = jnp.repeat(image_hw, det_frames, axis=0)
-  gt = mask_rcnn.GroundTruth(boxes=det_frames_of(batch["boxes"]), labels=jnp.repeat(batch["classes"], det_frames, 0),
-                             masks=det_frames_of(batch["masks"]),
-                             valid=det_frames_of(present & real_track[:, None]))
+  gt_valid = present[:, 0] & ~batch["crowd"] & (batch["classes"] > 0)  # [B, M]
+  gt = mask_rcnn.GroundTruth(boxes=batch["boxes"][:, 0], labels=batch["classes"], masks=batch["masks"][:, 0],
+                             valid=gt_valid)
   rpn_key, roi_key = jax.random.split(key)
   detector = model.detector
-  proposals, rpn_losses = detector.rpn(mask_rcnn.rpn_levels(det_features), det_hw, (height, width),
-                                       training=True, gt_boxes=gt.boxes, gt_valid=gt.valid, key=rpn_key)
+  proposals, rpn_losses = detector.rpn(center_features, image_hw, (height, width), training=True,
+                                       gt_boxes=gt.boxes, gt_valid=gt.valid, key=rpn_key)
   roi_losses, _ = detector.roi_heads.losses(
-      mask_rcnn.pooled_levels(det_features), proposals.boxes, proposals.valid, gt_boxes=gt.boxes,
-      gt_labels=gt.labels, gt_masks=gt.masks, gt_valid=gt.valid, image_hw=det_hw, input_hw=(height, width),
+      center_features[:mask_rcnn.NUM_POOLED_LEVELS], proposals.boxes, proposals.valid, gt_boxes=gt.boxes,
+      gt_labels=gt.labels, gt_masks=gt.masks, gt_valid=gt.valid, image_hw=image_hw, input_hw=(height, width),
       key=roi_key)
   losses = {**rpn_losses, **roi_losses}
 
   # Center masks: the mask head on the ground-truth boxes, its own loss trains it, so no gradient flows back here.
-  center_boxes = batch["boxes"][:, 0]  # [B, M, 4]
-  mask_logits = detector.roi_heads.mask_logits(mask_rcnn.pooled_levels(center_features), center_boxes, gt_valid,
+  mask_logits = detector.roi_heads.mask_logits(center_features[:mask_rcnn.NUM_POOLED_LEVELS], gt.boxes, gt.valid,
                                                (height, width))
-  center_probs = jax.lax.stop_gradient(select_class_masks(mask_logits, jnp.maximum(batch["classes"], 1)))
-  center_masks = model.instance_masks(center_probs, center_boxes, image_hw, (height, width))  # [B, M, h, w]
+  center_probs = jax.lax.stop_gradient(select_class_masks(mask_logits, jnp.maximum(gt.labels, 1)))
+  center_masks = model.instance_masks(center_probs, gt.boxes, image_hw, (height, width))  # [B, M, h, w]
   center_masks = jnp.where(gt_valid[..., None, None], center_masks, 0.0)
   center_masks = propagation.downsample_masks(center_masks, model.config.propagation.upsample)  # feature grid
 

@@ -174,11 +174,10 @@ class ResNet(nnx.Module):
   def stages(self) -> Sequence[nnx.List]:
     return (self.layer1, self.layer2, self.layer3, self.layer4)
 
-  def __call__(self, images: jax.Array, with_stem: bool = False) -> list[jax.Array]:
-    """[B, H, W, 3] -> C2..C5 (strides 4..32); with_stem: [C1, C2..C5], C1 the stem's stride-2 output."""
-    stem = jax.nn.relu(self.bn1(self.conv1(images)))
-    x = max_pool_3x3_s2(stem)
-    features = [stem] if with_stem else []
+  def __call__(self, images: jax.Array) -> list[jax.Array]:  # [B, H, W, 3] -> C2..C5, strides 4..32
+    x = jax.nn.relu(self.bn1(self.conv1(images)))
+    x = max_pool_3x3_s2(x)
+    features = []
     for stage in self.stages():
       for block in stage:
         x = block(x)

@@ -66,19 +66,3 @@ def test_matches_torchvision_backbone_with_fpn(fpn_norm):
   for e, g in zip(expected, got):
     assert e.shape == g.shape
     np.testing.assert_allclose(g, e, rtol=0, atol=1e-4 * np.abs(e).max())
-
-
-def test_stem_level_is_the_stem_lateral_plus_upsampled_p2_and_comes_last():
-  spec = ResNetSpec(stage_blocks=(1, 1, 1, 1), base_width=8)
-  model = BackboneWithFPN(spec, fpn_channels=4, stem_level=True, rngs=nnx.Rngs(0))
-  images = jnp.asarray(np.random.default_rng(0).standard_normal((1, 64, 96, 3)), jnp.float32)
-  levels = model(images)
-  assert [level.shape[1:3] for level in levels] == [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2), (32, 48)]
-  stem = model.body(images, with_stem=True)[0]  # [1, 32, 48, 8]
-  conv = model.stem_lateral[0]
-  lateral = jnp.einsum("bhwc,co->bhwo", stem, conv.kernel[0, 0]) + conv.bias[...]
-  # Nearest upsampling by exactly 2: P1 cell (i, j) adds P2 cell (i // 2, j // 2).
-  upsampled = jnp.repeat(jnp.repeat(levels[0], 2, axis=1), 2, axis=2)
-  np.testing.assert_allclose(levels[-1], lateral + upsampled, rtol=1e-5, atol=1e-5)
-  without = BackboneWithFPN(spec, fpn_channels=4, rngs=nnx.Rngs(0))
-  assert without.stem_lateral is None and len(without(images)) == 5

@@ -13,8 +13,7 @@ from flax import nnx
 
 from maskprop_jax.model.config import tiny_mask_rcnn_config
 from maskprop_jax.model.mask_rcnn import (
-  GroundTruth, abstract_mask_rcnn, build_mask_rcnn, pooled_levels, postprocess, preprocess_batch, rpn_levels,
-  trainable_filter)
+  GroundTruth, abstract_mask_rcnn, build_mask_rcnn, postprocess, preprocess_batch, trainable_filter)
 
 
 @pytest.fixture(scope="module")
@@ -82,32 +81,6 @@ def test_training_step_reduces_loss(tiny):
   for _ in range(4):
     last, _ = step(model, optimizer)
   assert np.isfinite(float(last)) and float(last) < float(first)
-
-
-def test_the_stem_level_goes_to_the_roi_heads_only():
-  p2, p3, p4, p5, p6, p1 = "P2", "P3", "P4", "P5", "P6", "P1"
-  assert rpn_levels([p2, p3, p4, p5, p6]) == rpn_levels([p2, p3, p4, p5, p6, p1]) == [p2, p3, p4, p5, p6]
-  assert pooled_levels([p2, p3, p4, p5, p6]) == [p2, p3, p4, p5]
-  assert pooled_levels([p2, p3, p4, p5, p6, p1]) == [p1, p2, p3, p4, p5]
-
-
-def test_small_boxes_train_the_stem_level():
-  cfg = tiny_mask_rcnn_config(num_classes=4)
-  cfg.backbone.update(dict(stem_level=True, base_width=16))
-  model = build_mask_rcnn(cfg, nnx.Rngs(jax.random.key(0, impl="rbg")))
-  model.train()
-  images, image_hw = preprocess_batch(cfg, [_scene()])
-  masks = np.zeros((1, 1, *images.shape[1:3]), np.float32)
-  masks[0, 0, 11:53, 13:40] = 1  # 27x42 pixels: below 56, so the level mapper sends it to P1
-  gt = GroundTruth(jnp.asarray([[[13.0, 11.0, 40.0, 53.0]]]), jnp.asarray([[1]], jnp.int32), jnp.asarray(masks),
-                   jnp.ones((1, 1), bool))
-
-  @nnx.jit
-  def mask_loss_grads(model):
-    return nnx.grad(lambda m: m.losses(images, image_hw, gt, jax.random.key(0))["loss_mask"])(model)
-
-  grads = mask_loss_grads(model)
-  assert float(jnp.abs(grads["backbone"]["stem_lateral"][0]["kernel"][...]).max()) > 0
 
 
 @pytest.fixture(scope="module", params=["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"])

@@ -47,28 +47,3 @@ def test_upsample_must_divide_the_feature_stride():
     config.propagation.upsample = upsample
     with pytest.raises(ValueError, match="positive divisor of the stride 8"):
       maskprop.MaskProp(config, rngs=nnx.Rngs(0))
-
-
-@pytest.mark.parametrize("on_references", [False, True])
-def test_reference_frames_train_the_detector_only_when_asked(on_references):
-  import tiny_config
-
-  config = tiny_config.get_config().model
-  config.detector_on_reference_frames = on_references
-  model = nnx.jit(lambda rngs: maskprop.MaskProp(config, rngs=rngs))(nnx.Rngs(0))
-  # One clip of 2 frames: the only object is absent from the center frame and present in the reference frame.
-  frames = np.zeros((1, 2, 64, 96, 3), np.uint8)
-  frames[0, 1, 20:40, 30:60] = (200, 60, 60)
-  masks = np.zeros((1, 2, 4, 64, 96), np.uint8)
-  masks[0, 1, 0, 20:40, 30:60] = 1
-  boxes = np.zeros((1, 2, 4, 4), np.float32)
-  boxes[0, 1, 0] = (30, 20, 60, 40)
-  present = np.zeros((1, 2, 4), bool)
-  present[0, 1, 0] = True
-  batch = dict(frames=frames, image_hw=np.asarray([[64, 96]], np.int32), boxes=boxes, masks=masks,
-               present=present, classes=np.asarray([[2, 0, 0, 0]], np.int32), crowd=np.zeros((1, 4), bool))
-  _, losses = nnx.jit(maskprop.compute_losses)(model, batch, jax.random.key(0))
-  # A positive RoI exists (the ground-truth box is always among the proposals) only where the object is seen.
-  assert (float(losses["loss_mask"]) > 0) == on_references
-  assert (float(losses["loss_box_reg"]) > 0) == on_references
-  assert np.isfinite(float(losses["loss_propagation"]))
