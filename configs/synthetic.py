@@ -6,8 +6,9 @@ Generates the synthetic set (data/synthetic) and its records (data/tfds) on firs
 ResNet-26-like FPN Mask R-CNN with the propagation branch from scratch, evaluates video AP on the valid split and
 writes the results, metrics and overlay GIFs (results/overlays) to the workdir.
 
-Expected runtime: about 17 minutes on 2 CPU cores. Measured (2-core CPU, idle, the data set already generated):
-15 min 52 s in all, 1,800 steps at 0.47 s; video AP 0.451, AP50 0.718, AP75 0.441 on the 12 valid videos.
+Expected runtime: about 16 minutes on 2 CPU cores. Measured on a fresh clone (2-core CPU, idle, the data set
+generated in the run): 16 min 0 s in all, 1,800 steps at 0.48 s; video AP 0.451, AP50 0.718, AP75 0.441 on the 12
+valid videos.
 The target was AP 0.5; what holds it back is the detector's masks of small objects (on an earlier 2,000-step run:
 mean best per-frame IoU 0.43 under 8x8 pixels, 0.67 up to 16x16, against 0.84 above 32x32).
 """
