@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from maskprop_jax import run_config, train_lib
-from maskprop_jax.data import tfds_builder
+from maskprop_jax.data import synthetic, tfds_builder
 from maskprop_jax.model import maskprop
 from tiny_config import REPO_ROOT
 
@@ -81,8 +81,6 @@ def test_tpu_config_batch_and_schedule_grow_with_the_chips():
 
 
 def test_synthetic_config_gives_every_object_of_a_frame_a_slot():
-  from maskprop_jax.data import synthetic
-
   config, _ = _load("synthetic")
   # An object left without a slot on a center frame would be trained as background.
   assert config.data.max_instances >= synthetic.MAX_INSTANCES
