@@ -68,5 +68,8 @@ def get_config() -> ml_collections.ConfigDict:
       score_thresh=0.3, max_instances=10, match_threshold=0.3, mask_threshold=0.5, duplicate_iou=0.5,
       # A clip's mask on a frame d frames from its center weighs exp(-|d| / temporal_decay) in the video track's
       # mean; 0 weighs them all the same, as the paper does.
-      temporal_decay=0.0))
+      temporal_decay=0.0,
+      # A video track's score: the mean class probability of its clips (the paper's), times its masks' mean
+      # confidence with mask_scoring, times n / (n + clip_prior) for n clips with clip_prior > 0 (linking.py).
+      mask_scoring=False, clip_prior=0.0))
   return config

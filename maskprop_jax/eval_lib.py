@@ -39,6 +39,16 @@ def predict_videos(model: maskprop.MaskProp, config: ml_collections.ConfigDict,
   return predictions, num_frames
 
 
+def results_name(annotation_file: str | Path) -> str:
+  """The name of the results files of a folder evaluated by path: its annotation file's folder and stem.
+
+  `data/mine/valid.json` -> `mine_valid`: the folder's name keeps it apart from the config's own split (whose
+  results are `valid.json`), the stem apart from another annotation file of the same folder.
+  """
+  path = Path(annotation_file).resolve()
+  return f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
+
+
 def evaluate_split(config: ml_collections.ConfigDict, model: maskprop.MaskProp, workdir: str | Path, *,
                    split: str, step: int | None = None, images_dir: str | None = None,
                    annotation_file: str | None = None, benchmark: bool = False,

@@ -8,7 +8,15 @@ starts a new one.
 
 A video track's mask on a frame is the mean of the soft masks its clip tracks put on that frame, optionally
 weighted by exp(-|f - c| / temporal_decay) for a clip centred at frame c: a mask the detector drew on the frame
-itself counts more than one carried there over several frames. Clips arrive in
+itself counts more than one carried there over several frames.
+
+A video track's score is the mean probability of its class over its clips (the paper's), optionally times
+  - its maskness (`mask_scoring`): the mean probability of its soft masks over the pixels they set, averaged over
+    its frames, so that a track with blurred, hesitant masks ranks below one with crisp ones;
+  - n / (n + `clip_prior`) for a track of n clips: the class probability's mean shrunk towards 0 as if
+    `clip_prior` clips had said 0, so that a fragment seen by one or two clips ranks below a track many clips
+    agree on (a duplicate or a lost stretch of another track, more often than not).
+Both only reorder the tracks, which is what video AP measures. Clips arrive in
 order, so once a clip starting at frame f has been added, no later clip can touch a frame before f: those frames
 are finished there and then (upsampled to the video's size, thresholded, encoded to RLE) and their soft masks are
 dropped, so memory is bounded by the clip window and the number of live tracks, not by the video's length.
@@ -158,6 +166,8 @@ class _LiveTrack:
     self.mask_count: dict[int, float] = {}  # frame -> sum of the weights
     self.class_prob_sum = np.zeros([num_classes], np.float64)
     self.num_clips = 0
+    self.maskness_sum = 0.0  # over finished frames with a mask: mean probability of the pixels it sets
+    self.masked_frames = 0
     self.segmentations: list[dict | None] = [None] * num_frames
 
   def add(self, clip: ClipTrack, flat_masks: np.ndarray) -> None:
@@ -199,6 +209,8 @@ class TrackLinker:
       match_threshold: float = 0.3,
       mask_threshold: float = 0.5,
       temporal_decay: float = 0.0,
+      mask_scoring: bool = False,
+      clip_prior: float = 0.0,
   ):
     if num_frames <= 0:
       raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
@@ -211,6 +223,10 @@ class TrackLinker:
     if temporal_decay < 0:
       raise ValueError(f"temporal_decay must be >= 0 (0: every clip weighs the same), got {temporal_decay}")
     self.temporal_decay = temporal_decay
+    if clip_prior < 0:
+      raise ValueError(f"clip_prior must be >= 0 (0: the plain mean), got {clip_prior}")
+    self.mask_scoring = mask_scoring
+    self.clip_prior = clip_prior
     self._binarize = _Binarizer(self.mask_hw, self.video_hw, mask_threshold)
     self._live: list[_LiveTrack] = []
     self._finished_before = 0  # frames < this are encoded and dropped from every live track
@@ -257,9 +273,17 @@ class TrackLinker:
     for live in self._live:
       class_probs = live.class_prob_sum / max(live.num_clips, 1)
       label_index = int(np.argmax(class_probs))
-      tracks.append(VideoTrack(id=live.id, label=label_index + 1, score=float(class_probs[label_index]),
+      tracks.append(VideoTrack(id=live.id, label=label_index + 1, score=self._score(live, class_probs[label_index]),
                                segmentations=live.segmentations, num_clips=live.num_clips))
     return tracks
+
+  def _score(self, live: _LiveTrack, class_prob: float) -> float:
+    score = float(class_prob)
+    if self.mask_scoring:
+      score *= live.maskness_sum / live.masked_frames if live.masked_frames else 0.0
+    if self.clip_prior:
+      score *= live.num_clips / (live.num_clips + self.clip_prior)
+    return score
 
   def _check(self, track: ClipTrack, start: int, stop: int) -> None:
     if track.masks.ndim != 3 or tuple(track.masks.shape[1:]) != self.mask_hw:
@@ -307,7 +331,13 @@ class TrackLinker:
         total = live.mask_sum.pop(frame, None)
         if total is None:
           continue
-        live.segmentations[frame] = self._binarize(total.reshape(self.mask_hw) / live.mask_count.pop(frame))
+        soft = total.reshape(self.mask_hw) / live.mask_count.pop(frame)
+        live.segmentations[frame] = self._binarize(soft)
+        if self.mask_scoring:
+          on = soft[soft >= self.mask_threshold]
+          if on.size:
+            live.maskness_sum += float(on.mean())
+            live.masked_frames += 1
     self._finished_before = max(self._finished_before, frame_limit)
 
 

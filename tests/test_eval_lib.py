@@ -45,6 +45,11 @@ def test_evaluate_split_writes_results_metrics_timings_and_overlays(valid_files,
   assert len(list((results_dir / "overlays").iterdir())) == 1
 
 
+def test_results_of_a_folder_given_by_path_are_named_after_its_annotation_file(tmp_path):
+  assert eval_lib.results_name(tmp_path / "mine" / "valid.json") == "mine_valid"
+  assert eval_lib.results_name("data/synthetic/train.json") == "synthetic_train"
+
+
 def test_a_model_with_another_number_of_classes_is_refused(valid_files, tmp_path):
   config = tiny_config(num_classes=3)
   with pytest.raises(InputError, match="has 6 categories, the model predicts 3"):

@@ -197,3 +197,42 @@ def test_temporal_decay_weighs_a_clip_by_its_distance_from_the_frame():
   linker = linking.TrackLinker(3, (H, W), (H, W), num_classes=3)
   with pytest.raises(ValueError, match="outside its window"):
     linker.add_clip([linking.ClipTrack(0, block, probs, center=3)])
+
+
+def test_mask_scoring_and_clip_prior_rescale_a_tracks_class_probability():
+  """One track of two clips over frames 0..1, class probability 0.8. Frame 0's mean mask is 0.9 on the block and
+  0.2 beside it, frame 1's 0.7 on the block: maskness (0.9 + 0.7) / 2 = 0.8 (pixels under 0.5 do not count);
+  clip prior 2 gives 2 / (2 + 2) = 0.5."""
+  first = np.zeros([2, H, W], np.float32)
+  first[0, 4:10, 6:12], first[1, 4:10, 6:12] = 0.9, 0.7
+  first[0, 4:10, 12:14] = 0.2
+  probs = np.array([0.8, 0.1, 0.1], np.float32)
+  scores = {}
+  for mask_scoring, clip_prior in ((False, 0.0), (True, 0.0), (False, 2.0), (True, 2.0)):
+    linker = linking.TrackLinker(2, (H, W), (H, W), num_classes=3, mask_scoring=mask_scoring, clip_prior=clip_prior)
+    linker.add_clip([linking.ClipTrack(0, first, probs, center=0)])
+    linker.add_clip([linking.ClipTrack(0, first.copy(), probs, center=1)])
+    (track,) = linker.finish()
+    assert track.num_clips == 2 and track.label == 1
+    scores[mask_scoring, clip_prior] = track.score
+  assert scores == pytest.approx({(False, 0.0): 0.8, (True, 0.0): 0.64, (False, 2.0): 0.4, (True, 2.0): 0.32})
+  with pytest.raises(ValueError, match="clip_prior"):
+    linking.TrackLinker(2, (H, W), (H, W), num_classes=3, clip_prior=-1.0)
+
+
+def test_a_fragment_ranks_below_a_long_track_with_the_clip_prior():
+  """A track all seven clips agree on and a one-clip fragment elsewhere, with the same class probability."""
+  block = np.zeros([7, H, W], np.float32)
+  block[:, 2:8, 2:8] = 1.0
+  fragment = np.zeros([7, H, W], np.float32)
+  fragment[3, 14:20, 24:30] = 1.0
+  probs = np.array([0.8, 0.1, 0.1], np.float32)
+  linker = linking.TrackLinker(7, (H, W), (H, W), num_classes=3, clip_prior=1.0)
+  for center in range(7):
+    tracks = [linking.ClipTrack(0, block, probs, center=center)]
+    if center == 3:
+      tracks.append(linking.ClipTrack(0, fragment, probs, center=center))
+    linker.add_clip(tracks)
+  long_track, short_track = sorted(linker.finish(), key=lambda t: -t.num_clips)
+  assert (long_track.num_clips, short_track.num_clips) == (7, 1)
+  assert long_track.score == pytest.approx(0.8 * 7 / 8) and short_track.score == pytest.approx(0.8 / 2)
