@@ -71,5 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
       temporal_decay=0.0,
       # A video track's score: the mean class probability of its clips (the paper's), times its masks' mean
       # confidence with mask_scoring, times n / (n + clip_prior) for n clips with clip_prior > 0 (linking.py).
-      mask_scoring=False, clip_prior=0.0))
+      mask_scoring=False, clip_prior=0.0,
+      # An object hidden for up to reid_max_gap frames keeps its track when it reappears within reid_distance
+      # object sizes of where its motion leads, with the same class (0: off, as in the paper).
+      reid_max_gap=0, reid_distance=2.0))
   return config

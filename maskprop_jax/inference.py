@@ -35,14 +35,17 @@ class ClipSettings:
   temporal_decay: float  # frames; a clip's mask weighs exp(-|d| / decay) at distance d from its center (0: all 1)
   mask_scoring: bool  # a track's score times its masks' mean confidence (linking.TrackLinker)
   clip_prior: float  # a track's score times n / (n + clip_prior) for n clips (0: off)
+  reid_max_gap: int  # frames an object may stay hidden and keep its track (0: off)
+  reid_distance: float  # object sizes between its reappearance and where its motion leads
 
   @classmethod
   def from_config(cls, config) -> "ClipSettings":
     c = config.inference
     return cls(c.half_window, c.clip_stride, c.score_thresh, c.match_threshold, c.mask_threshold, c.duplicate_iou,
                c.temporal_decay,
-               # Run configs saved before these two fields existed (workdir/config.json) lack them.
-               c.get("mask_scoring", False), c.get("clip_prior", 0.0))
+               # Run configs saved before these fields existed (workdir/config.json) lack them.
+               c.get("mask_scoring", False), c.get("clip_prior", 0.0), c.get("reid_max_gap", 0),
+               c.get("reid_distance", 2.0))
 
 
 def clip_windows(num_frames: int, half_window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -129,7 +132,8 @@ class VideoPredictor:
     linker = linking.TrackLinker(num_frames, geometry.mask_hw, tuple(video_hw), model.num_classes,
                                  match_threshold=s.match_threshold, mask_threshold=s.mask_threshold,
                                  temporal_decay=s.temporal_decay, mask_scoring=s.mask_scoring,
-                                 clip_prior=s.clip_prior)
+                                 clip_prior=s.clip_prior, reid_max_gap=s.reid_max_gap,
+                                 reid_distance=s.reid_distance)
     windows = collections.deque(clip_windows(num_frames, s.half_window, s.clip_stride))
     cache: dict[int, list[jax.Array]] = {}  # frame -> FPN features [1, h, w, C] per level
     frames = iter(frames)

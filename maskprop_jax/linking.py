@@ -10,6 +10,11 @@ A video track's mask on a frame is the mean of the soft masks its clip tracks pu
 weighted by exp(-|f - c| / temporal_decay) for a clip centred at frame c: a mask the detector drew on the frame
 itself counts more than one carried there over several frames.
 
+An object hidden for longer than a clip window leaves no overlap to link on: with `reid_max_gap` > 0, a clip
+track that matched nothing may instead continue a track that has shown nothing for at most that many frames, of
+the same class, whose constant-velocity path (fitted to its last few centroids) passes within `reid_distance`
+object sizes (square roots of its area) of where the clip track first appears; the nearest such pairs win.
+
 A video track's score is the mean probability of its class over its clips (the paper's), optionally times
   - its maskness (`mask_scoring`): the mean probability of its soft masks over the pixels they set, averaged over
     its frames, so that a track with blurred, hesitant masks ranks below one with crisp ones;
@@ -33,6 +38,8 @@ from scipy import optimize
 
 # A frame where two soft masks have less than this much union carries no evidence either way.
 _EMPTY_UNION = 1e-6
+# Finished frames with a mask whose centroids give a track's velocity for re-identification.
+_PATH_LENGTH = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +175,25 @@ class _LiveTrack:
     self.num_clips = 0
     self.maskness_sum = 0.0  # over finished frames with a mask: mean probability of the pixels it sets
     self.masked_frames = 0
+    self.path: list[tuple[int, float, float, float]] = []  # last finished frames with a mask: (frame, y, x, area)
     self.segmentations: list[dict | None] = [None] * num_frames
+
+  @property
+  def label_index(self) -> int:
+    return int(np.argmax(self.class_prob_sum))
+
+  def shows_anything_from(self, frame: int, threshold: float) -> bool:
+    """Whether its mean mask reaches the threshold on some unfinished frame >= frame."""
+    return any(f >= frame and (total / self.mask_count[f]).max() >= threshold for f, total in self.mask_sum.items())
+
+  def predicted_position(self, frame: int) -> np.ndarray:
+    """Centroid (y, x) at `frame` by constant velocity from its last centroids on the mask grid."""
+    last = np.array(self.path[-1][1:3])
+    if len(self.path) < 2:
+      return last
+    first = self.path[0]
+    velocity = (last - np.array(first[1:3])) / (self.path[-1][0] - first[0])
+    return last + velocity * (frame - self.path[-1][0])
 
   def add(self, clip: ClipTrack, flat_masks: np.ndarray) -> None:
     for offset, frame in enumerate(range(clip.start, clip.stop)):
@@ -211,6 +236,8 @@ class TrackLinker:
       temporal_decay: float = 0.0,
       mask_scoring: bool = False,
       clip_prior: float = 0.0,
+      reid_max_gap: int = 0,
+      reid_distance: float = 2.0,
   ):
     if num_frames <= 0:
       raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
@@ -227,6 +254,8 @@ class TrackLinker:
       raise ValueError(f"clip_prior must be >= 0 (0: the plain mean), got {clip_prior}")
     self.mask_scoring = mask_scoring
     self.clip_prior = clip_prior
+    self.reid_max_gap = reid_max_gap
+    self.reid_distance = reid_distance
     self._binarize = _Binarizer(self.mask_hw, self.video_hw, mask_threshold)
     self._live: list[_LiveTrack] = []
     self._finished_before = 0  # frames < this are encoded and dropped from every live track
@@ -258,6 +287,8 @@ class TrackLinker:
         if scores[k, v] >= self.match_threshold:
           self._live[v].add(clip_tracks[k], clip_masks[k])
           joined[k] = self._live[v].id
+    if self.reid_max_gap > 0:
+      self._reidentify(clip_tracks, clip_masks, joined, start)
     for k, track in enumerate(clip_tracks):
       if joined[k] < 0:
         live = _LiveTrack(len(self._live), self.num_frames, self.num_classes, self.temporal_decay)
@@ -265,6 +296,36 @@ class TrackLinker:
         self._live.append(live)
         joined[k] = live.id
     return joined
+
+  def _reidentify(self, clip_tracks: list[ClipTrack], clip_masks: np.ndarray, joined: list[int],
+                  start: int) -> None:
+    """Joins unmatched clip tracks to tracks that vanished a few frames ago where their motion leads."""
+    taken = set(joined)
+    dormant = [live for live in self._live
+               if live.id not in taken and live.path and not live.shows_anything_from(start, self.mask_threshold)]
+    pairs = []  # (distance in object sizes, clip track, live track)
+    for k, track in enumerate(clip_tracks):
+      if joined[k] >= 0:
+        continue
+      present = np.flatnonzero(clip_masks[k].max(-1) >= self.mask_threshold)
+      if present.size == 0:
+        continue
+      frame = start + int(present[0])
+      ys, xs = np.divmod(np.flatnonzero(clip_masks[k, present[0]] >= self.mask_threshold), self.mask_hw[1])
+      position = np.array([ys.mean(), xs.mean()])
+      label = int(np.argmax(track.class_probs))
+      for live in dormant:
+        last_frame, _, _, area = live.path[-1]
+        if live.label_index != label or not 0 < frame - last_frame <= self.reid_max_gap:
+          continue
+        distance = np.linalg.norm(position - live.predicted_position(frame)) / math.sqrt(area)
+        if distance <= self.reid_distance:
+          pairs.append((distance, k, live))
+    for _, k, live in sorted(pairs, key=lambda pair: pair[0]):
+      if joined[k] < 0 and live.id not in taken:
+        live.add(clip_tracks[k], clip_masks[k])
+        joined[k] = live.id
+        taken.add(live.id)
 
   def finish(self) -> list[VideoTrack]:
     """Finishes every remaining frame and returns the video tracks, by id."""
@@ -333,11 +394,11 @@ class TrackLinker:
           continue
         soft = total.reshape(self.mask_hw) / live.mask_count.pop(frame)
         live.segmentations[frame] = self._binarize(soft)
-        if self.mask_scoring:
-          on = soft[soft >= self.mask_threshold]
-          if on.size:
-            live.maskness_sum += float(on.mean())
-            live.masked_frames += 1
+        ys, xs = np.nonzero(soft >= self.mask_threshold)
+        if ys.size:
+          live.maskness_sum += float(soft[ys, xs].mean())
+          live.masked_frames += 1
+          live.path = live.path[-(_PATH_LENGTH - 1):] + [(frame, float(ys.mean()), float(xs.mean()), float(ys.size))]
     self._finished_before = max(self._finished_before, frame_limit)
 
 

@@ -236,3 +236,31 @@ def test_a_fragment_ranks_below_a_long_track_with_the_clip_prior():
   long_track, short_track = sorted(linker.finish(), key=lambda t: -t.num_clips)
   assert (long_track.num_clips, short_track.num_clips) == (7, 1)
   assert long_track.score == pytest.approx(0.8 * 7 / 8) and short_track.score == pytest.approx(0.8 / 2)
+
+
+def _hidden_then_back(reappear_x: float, label_after: int = 1):
+  """An object moving right 1 pixel a frame, hidden on frames 10..17 (longer than a clip), back on frame 18 at
+  column reappear_x (23 is where its motion leads) with class label_after."""
+  def path(f):
+    if 10 <= f <= 17:
+      return None
+    return (12, 5 + f) if f < 10 else (12, reappear_x + f - 18)
+  before = lambda f: path(f) if f < 10 else None
+  after = lambda f: path(f) if f >= 18 else None
+  return clips_from_scene([before, after], 24, label_of=[1, label_after])
+
+
+def test_an_object_hidden_longer_than_a_clip_keeps_its_track_with_reidentification():
+  clips = _hidden_then_back(reappear_x=23)
+  assert len(link(clips, 24)) == 2, "without re-identification nothing bridges the 8 hidden frames"
+  (track,) = link(clips, 24, reid_max_gap=9, reid_distance=1.0)
+  assert [f for f in range(24) if track.segmentations[f] is not None] == list(range(10)) + list(range(18, 24))
+  assert len(link(clips, 24, reid_max_gap=8, reid_distance=1.0)) == 2, "a gap of 9 frames is more than 8"
+
+
+def test_reidentification_needs_the_same_class_and_a_reappearance_where_the_motion_leads():
+  assert len(link(_hidden_then_back(reappear_x=23, label_after=2), 24, reid_max_gap=9, reid_distance=5.0)) == 2
+  # 12 pixels off the extrapolated path is 1.7 object sizes (a disc of radius 4 covers 49 pixels).
+  far = _hidden_then_back(reappear_x=35)
+  assert len(link(far, 24, reid_max_gap=9, reid_distance=1.0)) == 2
+  assert len(link(far, 24, reid_max_gap=9, reid_distance=2.0)) == 1
