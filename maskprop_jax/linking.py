@@ -12,8 +12,9 @@ itself counts more than one carried there over several frames.
 
 An object hidden for longer than a clip window leaves no overlap to link on: with `reid_max_gap` > 0, a clip
 track that matched nothing may instead continue a track that has shown nothing for at most that many frames, of
-the same class, whose constant-velocity path (fitted to its last few centroids) passes within `reid_distance`
-object sizes (square roots of its area) of where the clip track first appears; the nearest such pairs win.
+the same class, whose constant-velocity path (from the first and last of its latest 4 centroids) passes within
+`reid_distance` object sizes (square roots of its area) of where the clip track first appears; the nearest such
+pairs win.
 
 A video track's score is the mean probability of its class over its clips (the paper's), optionally times
   - its maskness (`mask_scoring`): the mean probability of its soft masks over the pixels they set, averaged over
@@ -21,10 +22,12 @@ A video track's score is the mean probability of its class over its clips (the p
   - n / (n + `clip_prior`) for a track of n clips: the class probability's mean shrunk towards 0 as if
     `clip_prior` clips had said 0, so that a fragment seen by one or two clips ranks below a track many clips
     agree on (a duplicate or a lost stretch of another track, more often than not).
-Both only reorder the tracks, which is what video AP measures. Clips arrive in
-order, so once a clip starting at frame f has been added, no later clip can touch a frame before f: those frames
-are finished there and then (upsampled to the video's size, thresholded, encoded to RLE) and their soft masks are
-dropped, so memory is bounded by the clip window and the number of live tracks, not by the video's length.
+Both only reorder the tracks, which is what video AP measures.
+
+Clips arrive in order, so once a clip starting at frame f has been added, no later clip can touch a frame before
+f: those frames are finished there and then (upsampled to the video's size, thresholded, encoded to RLE) and
+their soft masks are dropped, so memory is bounded by the clip window and the number of live tracks, not by the
+video's length.
 """
 
 from __future__ import annotations
@@ -254,6 +257,9 @@ class TrackLinker:
       raise ValueError(f"clip_prior must be >= 0 (0: the plain mean), got {clip_prior}")
     self.mask_scoring = mask_scoring
     self.clip_prior = clip_prior
+    if reid_max_gap < 0 or reid_distance <= 0:
+      raise ValueError(f"re-identification needs reid_max_gap >= 0 (0: off) and reid_distance > 0, got "
+                       f"{reid_max_gap} and {reid_distance}")
     self.reid_max_gap = reid_max_gap
     self.reid_distance = reid_distance
     self._binarize = _Binarizer(self.mask_hw, self.video_hw, mask_threshold)

@@ -264,3 +264,5 @@ def test_reidentification_needs_the_same_class_and_a_reappearance_where_the_moti
   far = _hidden_then_back(reappear_x=35)
   assert len(link(far, 24, reid_max_gap=9, reid_distance=1.0)) == 2
   assert len(link(far, 24, reid_max_gap=9, reid_distance=2.0)) == 1
+  with pytest.raises(ValueError, match="reid_distance > 0"):
+    linking.TrackLinker(2, (H, W), (H, W), num_classes=3, reid_max_gap=4, reid_distance=0.0)
