@@ -33,19 +33,16 @@ class ClipSettings:
   mask_threshold: float
   duplicate_iou: float  # a center-frame detection overlapping a better one more than this is dropped
   temporal_decay: float  # frames; a clip's mask weighs exp(-|d| / decay) at distance d from its center (0: all 1)
-  mask_scoring: bool  # a track's score times its masks' mean confidence (linking.TrackLinker)
-  clip_prior: float  # a track's score times n / (n + clip_prior) for n clips (0: off)
-  reid_max_gap: int  # frames an object may stay hidden and keep its track (0: off)
-  reid_distance: float  # object sizes between its reappearance and where its motion leads
+  # Fields added later: run configs saved before them (workdir/config.json) lack them, and get the defaults.
+  mask_scoring: bool = False  # a track's score times its masks' mean confidence (linking.TrackLinker)
+  clip_prior: float = 0.0  # a track's score times n / (n + clip_prior) for n clips (0: off)
+  reid_max_gap: int = 0  # frames an object may stay hidden and keep its track (0: off)
+  reid_distance: float = 2.0  # object sizes between its reappearance and where its motion leads
 
   @classmethod
   def from_config(cls, config) -> "ClipSettings":
     c = config.inference
-    return cls(c.half_window, c.clip_stride, c.score_thresh, c.match_threshold, c.mask_threshold, c.duplicate_iou,
-               c.temporal_decay,
-               # Run configs saved before these fields existed (workdir/config.json) lack them.
-               c.get("mask_scoring", False), c.get("clip_prior", 0.0), c.get("reid_max_gap", 0),
-               c.get("reid_distance", 2.0))
+    return cls(**{field.name: c[field.name] for field in dataclasses.fields(cls) if field.name in c})
 
 
 def clip_windows(num_frames: int, half_window: int, stride: int) -> list[tuple[int, int, int]]:

@@ -132,7 +132,10 @@ class _Binarizer:
 
   def __call__(self, soft: np.ndarray) -> dict | None:
     """soft: [h, w] -> compressed RLE (str counts) of the [H, W] binary mask, or None when nothing is set."""
-    rows_in, cols_in = np.nonzero(soft >= self.threshold)
+    return self.from_pixels(soft, *np.nonzero(soft >= self.threshold))
+
+  def from_pixels(self, soft: np.ndarray, rows_in: np.ndarray, cols_in: np.ndarray) -> dict | None:
+    """The same, given the pixels of `soft` that reach the threshold (np.nonzero of it)."""
     if rows_in.size == 0:
       return None
     r0, r1 = self.rows.outputs_reading(rows_in.min(), rows_in.max())
@@ -399,8 +402,8 @@ class TrackLinker:
         if total is None:
           continue
         soft = total.reshape(self.mask_hw) / live.mask_count.pop(frame)
-        live.segmentations[frame] = self._binarize(soft)
         ys, xs = np.nonzero(soft >= self.mask_threshold)
+        live.segmentations[frame] = self._binarize.from_pixels(soft, ys, xs)
         if ys.size:
           live.maskness_sum += float(soft[ys, xs].mean())
           live.masked_frames += 1

@@ -118,3 +118,14 @@ def test_suppress_duplicates_keeps_the_best_of_overlapping_masks():
   masks[2, 4:, 4:] = 1.0
   masks[3, :4, 2:6] = 1.0  # overlaps the first by a third
   np.testing.assert_array_equal(inference.suppress_duplicates(masks, 0.5), [0, 2, 3])
+
+
+def test_clip_settings_of_a_run_config_saved_before_the_linking_options_existed():
+  config = tiny_config(half_window=HALF_WINDOW)
+  config.inference.update(dict(mask_scoring=True, reid_max_gap=5))
+  assert inference.ClipSettings.from_config(config).reid_max_gap == 5
+  for name in ("mask_scoring", "clip_prior", "reid_max_gap", "reid_distance"):
+    del config.inference[name]
+  settings = inference.ClipSettings.from_config(config)
+  assert settings.half_window == HALF_WINDOW
+  assert (settings.mask_scoring, settings.clip_prior, settings.reid_max_gap) == (False, 0.0, 0)
