@@ -341,9 +341,9 @@ class TrackLinker:
     self._finish_frames_before(self.num_frames)
     tracks = []
     for live in self._live:
-      class_probs = live.class_prob_sum / max(live.num_clips, 1)
-      label_index = int(np.argmax(class_probs))
-      tracks.append(VideoTrack(id=live.id, label=label_index + 1, score=self._score(live, class_probs[label_index]),
+      label_index = live.label_index
+      class_prob = live.class_prob_sum[label_index] / max(live.num_clips, 1)
+      tracks.append(VideoTrack(id=live.id, label=label_index + 1, score=self._score(live, class_prob),
                                segmentations=live.segmentations, num_clips=live.num_clips))
     return tracks
 
