@@ -4,7 +4,8 @@ Runs streaming clip inference and linking over the validation split (or any YouT
 DIR/results/<name>.json and .zip and, where the annotations have ground truth, DIR/results/<name>_metrics.json.
 <name> is the split; for a folder given by --images/--annotations it is --split if set, else named after the
 annotation file (`data/mine/valid.json` -> `mine_valid`), so that it never overwrites the split's results.
-The model is the latest checkpoint in DIR, else config.model.init_from's converted weights, else random.
+The model is the latest checkpoint in DIR, built as the run recorded it in DIR/config.json (the settings other
+than the model's come from --config); without a checkpoint, config.model.init_from's converted weights, else random.
 `--benchmark` adds frames/s, milliseconds per frame by stage and peak memory, and (where torchvision is installed)
 the frames/s of torchvision's maskrcnn_resnet50_fpn run frame by frame on the same frames, with the ratio.
 """
@@ -14,8 +15,9 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from maskprop_jax import distributed, eval_lib, train_lib
 from maskprop_jax.errors import report_input_errors
+from maskprop_jax.inference import evaluate
+from maskprop_jax.training import parallel, runs, state
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Configuration (a configs/*.py file).", lock_config=True)
@@ -36,15 +38,20 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if bool(FLAGS.images) != bool(FLAGS.annotations):
     raise app.UsageError("--images and --annotations go together")
-  distributed.initialize()
+  parallel.initialize()
   config = FLAGS.config
   if FLAGS.annotations:
-    split = FLAGS.split or eval_lib.results_name(FLAGS.annotations)
+    split = FLAGS.split or evaluate.results_name(FLAGS.annotations)
   else:
     split = FLAGS.split or config.data.val_split
-  model, step = train_lib.restore_model(config, FLAGS.workdir)
-  logging.info("evaluating %s", f"the checkpoint of step {step}" if step is not None else "initial weights")
-  scores = eval_lib.evaluate_split(config, model, FLAGS.workdir, split=split, step=step, images_dir=FLAGS.images,
+  if runs.has_checkpoint(FLAGS.workdir):
+    run = runs.load_run(FLAGS.workdir, config)
+    model, step, config = run.model, run.step, run.config
+    logging.info("evaluating the checkpoint of step %d", step)
+  else:
+    model, step = state.build_model(state.with_effective_model(config), config.seed), None
+    logging.info("evaluating initial weights: %s has no checkpoint", FLAGS.workdir)
+  scores = evaluate.evaluate_split(config, model, FLAGS.workdir, split=split, step=step, images_dir=FLAGS.images,
                                    annotation_file=FLAGS.annotations, benchmark=FLAGS.benchmark,
                                    num_overlays=FLAGS.overlays, compare_with_torchvision=FLAGS.benchmark)
   print(json.dumps(scores, indent=2))

@@ -12,8 +12,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from maskprop_jax import distributed, train_lib
 from maskprop_jax.errors import InputError
+from maskprop_jax.inference import evaluate
+from maskprop_jax.training import loop, parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration (a configs/*.py file).", lock_config=True)
@@ -27,11 +28,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:
-    scores = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (InputError, train_lib.NonFiniteLossError) as e:
+    scores = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, evaluate.evaluate_run)
+  except (InputError, loop.NonFiniteLossError) as e:
     print(f"train.py: error: {e}", file=sys.stderr)
     sys.exit(2)
   if scores and jax.process_index() == 0:

@@ -25,6 +25,6 @@ def get_config():
   data.images = {"train": "train", "valid": "valid"}
   data.max_instances = 20
   config.model.detector.num_classes = 26  # 25 categories + background
-  config.inference.update(dict(max_instances=20, match_threshold=0.2))
-  config.model.detector.roi_heads.detections_per_img = config.inference.max_instances
+  config.inference.match_threshold = 0.2
+  config.model.detector.roi_heads.detections_per_img = 20  # OVIS videos are crowded: up to 20 clip tracks a clip
   return config

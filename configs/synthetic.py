@@ -55,7 +55,7 @@ def get_config():
   # Tracks ranked by class probability x mask confidence x n / (n + 1) for n clips: on a 1,800-step model,
   # video AP 0.451 -> 0.481 (AP75 0.441 -> 0.470), the masks and tracks unchanged. Objects hidden for up to 12
   # frames keep their track (the synthetic videos occlude objects for longer than a 7-frame clip): 0.481 -> 0.506.
-  config.inference.update(dict(half_window=3, score_thresh=0.3, max_instances=6, match_threshold=0.1,
+  config.inference.update(dict(half_window=3, score_thresh=0.3, match_threshold=0.1,
                                temporal_decay=1.0, mask_scoring=True, clip_prior=1.0, reid_max_gap=12,
                                reid_distance=5.0))
   return config

@@ -37,9 +37,9 @@ from maskprop_jax.model.config import mask_rcnn_config
 def get_config():
   config = default.get_config()
   config.model.init_from = "weights/r50"
-  # Every detection of a clip's center frame is propagated to all 2T+1 frames (static shapes: all D slots): keep
-  # the detector's D at the number of tracks a clip contributes.
-  config.model.detector.roi_heads.detections_per_img = config.inference.max_instances
+  # At most D detections of a clip's center frame become its clip tracks (those above inference.score_thresh,
+  # propagated to all 2T+1 frames): YouTube-VIS videos hold a few objects, 10 covers them.
+  config.model.detector.roi_heads.detections_per_img = 10
   config.data.worker_count = 8  # input processes per host: ~6 frames/clip decoded and augmented on the CPU
   config.train.update(dict(global_batch_size=16, num_steps=40_000, log_every=50, checkpoint_every=2_000,
                            keep_checkpoints=3))

@@ -1,6 +1,6 @@
 """Deformable convolution (sampling + GEMM) kernels: XLA, Pallas GPU, Pallas TPU.
 
-Import as maskprop_jax.kernels. The Pallas modules load only when an impl asks for them.
+Import as maskprop_jax.kernels. Every impl checks its arguments with kernels.geometry.ConvGeometry.
 """
 
 from .deform_conv import IMPLS, deform_conv2d, masked_deform_conv2d, resolve_impl

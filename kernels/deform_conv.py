@@ -1,49 +1,36 @@
-"""Public deformable convolution: argument checks, implementation dispatch and the custom VJP.
+"""Public deformable convolution: argument check, implementation dispatch and the custom VJP.
 
 `deform_conv2d` is torchvision.ops.deform_conv2d in NHWC; `masked_deform_conv2d` applies it to M_i * x for I
-instance masks of one frame with shared offsets, reading x once. The forward runs the chosen implementation
-(pure XLA, or a Pallas kernel from kernels.pallas_gpu / kernels.pallas_tpu, imported only when asked for so
-the XLA path works without them); the backward is always the XLA one in kernels.xla_impl.
+instance masks of one frame with shared offsets, reading x once. Arguments are checked by
+kernels.geometry.ConvGeometry.from_arguments (the one check every impl shares). The forward runs the chosen
+implementation (pure XLA, or the Pallas kernel of kernels.pallas_gpu / kernels.pallas_tpu); the backward is
+always the XLA one in kernels.xla_impl.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
-from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 
-from . import xla_impl
+# Plain imports of both Pallas modules on every platform: they need only jax.experimental.pallas and the
+# Triton / Mosaic bindings of jaxlib, which jaxlib ships for every platform and which `import jax` itself
+# already loads (jax._src.lib imports jaxlib.gpu_triton and jaxlib.mosaic unconditionally), so if jax
+# imports, so do they. Importing a kernel module runs no kernel and needs no GPU or TPU.
+from maskprop_jax.kernels import pallas_gpu, pallas_tpu, xla_impl
+from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair
 
 IMPLS = ("auto", "xla", "pallas", "pallas_gpu", "pallas_tpu")
-
-IntOrPair = int | Sequence[int]
 
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
   """The non-differentiable arguments of the custom VJP (hashable)."""
 
-  stride: tuple[int, int]
-  padding: tuple[int, int]
-  dilation: tuple[int, int]
-  offset_groups: int
+  geometry: ConvGeometry
   impl: str  # resolved: "xla", "pallas_gpu" or "pallas_tpu"
   interpret: bool
-
-  def conv_kwargs(self) -> dict:
-    return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                offset_groups=self.offset_groups)
-
-
-def _pair(name: str, value: IntOrPair, minimum: int, op: str) -> tuple[int, int]:
-  pair = (value, value) if isinstance(value, int) else tuple(value)
-  if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
-    raise ValueError(f"{op}: {name} must be an int >= {minimum} or a pair of them, got {value!r}")
-  return pair  # type: ignore[return-value]
 
 
 def resolve_impl(impl: str, interpret: bool = False) -> str:
@@ -51,9 +38,13 @@ def resolve_impl(impl: str, interpret: bool = False) -> str:
   if impl not in IMPLS:
     raise ValueError(f"deform_conv2d: impl must be one of {IMPLS}, got {impl!r}")
   backend = jax.default_backend()
+  on_gpu = backend in ("gpu", "cuda", "rocm")
   if impl == "auto":
-    return {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}.get(
-        backend, "xla")
+    if on_gpu:
+      return "pallas_gpu"
+    if backend == "tpu":
+      return "pallas_tpu"
+    return "xla"
   if impl == "pallas":
     impl = "pallas_tpu" if backend == "tpu" else "pallas_gpu"
   if impl != "xla" and backend == "cpu" and not interpret:
@@ -62,61 +53,23 @@ def resolve_impl(impl: str, interpret: bool = False) -> str:
   return impl
 
 
-def _check_shapes(op: str, x, offsets, weight, mask, bias, instance_masks, config: _Config):
-  """Raises ValueError naming the argument whose shape does not fit x and weight."""
-  for name, a in (("x", x), ("offsets", offsets), ("weight", weight), ("mask", mask), ("bias", bias),
-                  ("instance_masks", instance_masks)):
-    if a is not None and not jnp.issubdtype(a.dtype, jnp.floating):
-      raise ValueError(f"{op}: {name} must be a floating-point array, got dtype {a.dtype}")
-  if x.ndim != 4:
-    raise ValueError(f"{op}: x must be [N, H, W, C], got shape {x.shape}")
-  if weight.ndim != 4:
-    raise ValueError(f"{op}: weight must be [kh, kw, C, O], got shape {weight.shape}")
-  batch, height, width, channels = x.shape
-  kh, kw, weight_channels, _ = weight.shape
-  groups = config.offset_groups
-  if weight_channels != channels:
-    raise ValueError(f"{op}: weight {weight.shape} expects {weight_channels} input channels but x {x.shape} "
-                     f"has {channels} (grouped convolution is not supported)")
-  if groups < 1 or channels % groups:
-    raise ValueError(f"{op}: offset_groups={groups} must be >= 1 and divide the {channels} channels of x")
-  out_h, out_w = xla_impl.output_size((height, width), (kh, kw), config.stride, config.padding,
-                                      config.dilation)
-  if out_h < 1 or out_w < 1:
-    raise ValueError(f"{op}: x {x.shape} is too small for a {kh}x{kw} kernel with stride {config.stride}, "
-                     f"padding {config.padding} and dilation {config.dilation} (output {out_h}x{out_w})")
-  where = (f"x {x.shape} with a {kh}x{kw} kernel, stride {config.stride}, padding {config.padding}, "
-           f"dilation {config.dilation} and offset_groups {groups}")
-  expected_offsets = (batch, out_h, out_w, groups, kh * kw, 2)
-  if offsets.shape != expected_offsets:
-    raise ValueError(f"{op}: offsets has shape {offsets.shape} but {where} needs {expected_offsets} "
-                     "(N, Ho, Wo, offset_groups, kh * kw, (dy, dx))")
-  if mask is not None and mask.shape != expected_offsets[:-1]:
-    raise ValueError(f"{op}: mask has shape {mask.shape} but {where} needs {expected_offsets[:-1]}")
-  if bias is not None and bias.shape != (weight.shape[-1],):
-    raise ValueError(f"{op}: bias has shape {bias.shape} but weight {weight.shape} needs "
-                     f"({weight.shape[-1]},)")
-  if instance_masks is not None and (instance_masks.ndim != 4
-                                     or instance_masks.shape[:1] + instance_masks.shape[2:]
-                                     != (batch, height, width)):
-    raise ValueError(f"{op}: instance_masks has shape {instance_masks.shape} but x {x.shape} needs "
-                     f"({batch}, I, {height}, {width})")
-
-
-def _pallas_forward(config: _Config, x, offsets, mask, weight, instance_masks):
-  module = importlib.import_module(f"{__package__}.{config.impl}")
-  kwargs = dict(config.conv_kwargs(), interpret=config.interpret)
-  if instance_masks is None:
-    return module.deform_conv2d_fwd(x, offsets, mask, weight, **kwargs)
-  return module.masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, **kwargs)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _deform_conv(config: _Config, x, offsets, mask, weight, instance_masks):
+  """The chosen impl's forward: [N, Ho, Wo, O], or [N, I, Ho, Wo, O] given instance_masks."""
+  conv = config.geometry.conv_kwargs()
   if config.impl == "xla":
-    return xla_impl.deform_conv2d_fwd(x, offsets, mask, weight, instance_masks=instance_masks,
-                                      **config.conv_kwargs())
-  return _pallas_forward(config, x, offsets, mask, weight, instance_masks)
+    return xla_impl.deform_conv2d_fwd(x, offsets, mask, weight, instance_masks=instance_masks, **conv)
+  if config.impl == "pallas_gpu":
+    if instance_masks is None:
+      return pallas_gpu.deform_conv2d_fwd(x, offsets, mask, weight, **conv, interpret=config.interpret)
+    return pallas_gpu.masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, **conv,
+                                               interpret=config.interpret)
+  if config.impl == "pallas_tpu":
+    if instance_masks is None:
+      return pallas_tpu.deform_conv2d_fwd(x, offsets, mask, weight, **conv, interpret=config.interpret)
+    return pallas_tpu.masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, **conv,
+                                               interpret=config.interpret)
+  raise AssertionError(f"unresolved impl {config.impl!r}")  # resolve_impl returns one of the three above
 
 
 def _deform_conv_fwd(config: _Config, x, offsets, mask, weight, instance_masks):
@@ -128,7 +81,7 @@ def _deform_conv_bwd(config: _Config, residuals, out_grad):
   x, offsets, mask, weight, instance_masks = residuals
   # Cotangents in the primal order (x, offsets, mask, weight, instance_masks), None for absent inputs.
   return xla_impl.deform_conv2d_bwd(x, offsets, mask, weight, out_grad, instance_masks=instance_masks,
-                                    **config.conv_kwargs())
+                                    **config.geometry.conv_kwargs())
 
 
 _deform_conv.defvjp(_deform_conv_fwd, _deform_conv_bwd)
@@ -136,12 +89,12 @@ _deform_conv.defvjp(_deform_conv_fwd, _deform_conv_bwd)
 
 def _prepare(op, x, offsets, weight, mask, bias, instance_masks, stride, padding, dilation, offset_groups,
              impl, interpret) -> _Config:
-  """Normalises the static arguments and checks every shape against x and weight."""
-  config = _Config(_pair("stride", stride, 1, op), _pair("padding", padding, 0, op),
-                   _pair("dilation", dilation, 1, op), int(offset_groups), resolve_impl(impl, interpret),
-                   bool(interpret))
-  _check_shapes(op, x, offsets, weight, mask, bias, instance_masks, config)
-  return config
+  """Resolves impl and checks every argument (kernels.geometry, shared with the impls)."""
+  impl = resolve_impl(impl, interpret)
+  geometry = ConvGeometry.from_arguments(op, x=x, offsets=offsets, weight=weight, mask=mask,
+                                         instance_masks=instance_masks, bias=bias, stride=stride,
+                                         padding=padding, dilation=dilation, offset_groups=offset_groups)
+  return _Config(geometry, impl, bool(interpret))
 
 
 def deform_conv2d(x: jax.Array, offsets: jax.Array, weight: jax.Array, mask: jax.Array | None = None, *,

@@ -1,9 +1,9 @@
-"""What the Pallas deformable-convolution kernels promise: argument checks and the forward they must match.
+"""What the Pallas deformable-convolution kernels promise: the forward they must match.
 
 Both kernels (pallas_gpu.py for Triton, pallas_tpu.py for Mosaic) take the same NHWC arguments as
-`maskprop_jax.kernels.deform_conv2d` and compute the same forward. `check_arguments` turns a wrong shape
-into a ValueError that names the argument, and `reference_forward` is a deliberately plain jnp version of
-the sampling rule, small enough to read against torchvision's C++ and used by the kernels' tests.
+`maskprop_jax.kernels.deform_conv2d`, checked by the same kernels.geometry.ConvGeometry.from_arguments (with
+weight in x's dtype), and compute the same forward. `reference_forward` is a deliberately plain jnp version
+of the sampling rule, small enough to read against torchvision's C++ and used by the kernels' tests.
 
 Sampling rule (torchvision.ops.deform_conv2d): tap (a, b) of output (i, j) samples
   y = i * stride - padding + a * dilation + dy,   x = j * stride - padding + b * dilation + dx
@@ -14,102 +14,16 @@ corner rule (every corner is then outside the image or carries a zero weight), s
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 
-
-Pair = tuple[int, int]
-IntOrPair = int | Sequence[int]
-
-
-def as_pair(name: str, value: IntOrPair) -> Pair:
-  """An int or an (h, w) pair of ints, as a pair; ValueError naming the argument otherwise."""
-  pair = (value, value) if isinstance(value, int) else tuple(value)
-  if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-    raise ValueError(f"deform_conv2d: `{name}` must be an int or a pair of ints, got {value!r}")
-  return pair  # type: ignore[return-value]
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvGeometry:
-  """Static sizes of one deformable convolution, checked against each other."""
-  batch: int
-  height: int
-  width: int
-  channels: int
-  out_channels: int
-  kernel_h: int
-  kernel_w: int
-  out_h: int
-  out_w: int
-  offset_groups: int
-  num_instances: int  # 0 for the plain (unmasked) form
-  stride: Pair
-  padding: Pair
-  dilation: Pair
-
-  @property
-  def taps(self) -> int:
-    return self.kernel_h * self.kernel_w
-
-  @property
-  def group_channels(self) -> int:
-    return self.channels // self.offset_groups
-
-
-def _shape_error(name: str, array: jax.Array, expected: str) -> ValueError:
-  return ValueError(f"deform_conv2d: `{name}` has shape {tuple(array.shape)} and dtype {array.dtype}, "
-                    f"expected {expected}")
-
-
-def check_arguments(x: jax.Array, instance_masks: jax.Array | None, offsets: jax.Array,
-                    mask: jax.Array | None, weight: jax.Array, *, stride: IntOrPair, padding: IntOrPair,
-                    dilation: IntOrPair, offset_groups: int) -> ConvGeometry:
-  """Validates shapes and dtypes; returns the geometry. Raises ValueError naming the bad argument."""
-  if x.ndim != 4:
-    raise _shape_error("x", x, "(N, H, W, C)")
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise _shape_error("x", x, "a floating dtype")
-  n, h, w, c = x.shape
-  if weight.ndim != 4 or weight.shape[2] != c:
-    raise _shape_error("weight", weight, f"(kh, kw, C={c}, O)")
-  if weight.dtype != x.dtype:
-    raise _shape_error("weight", weight, f"the dtype of x ({x.dtype})")
-  kh, kw, _, o = weight.shape
-  stride, padding, dilation = as_pair("stride", stride), as_pair("padding", padding), as_pair(
-      "dilation", dilation)
-  if min(*stride, *dilation) < 1 or min(padding) < 0:
-    raise ValueError(f"deform_conv2d: need stride >= 1, dilation >= 1, padding >= 0; got stride={stride}, "
-                     f"dilation={dilation}, padding={padding}")
-  if offset_groups < 1 or c % offset_groups:
-    raise ValueError(f"deform_conv2d: offset_groups={offset_groups} must divide the {c} channels of x")
-  ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-  wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-  if ho < 1 or wo < 1:
-    raise ValueError(f"deform_conv2d: a {kh}x{kw} kernel with dilation {dilation} and padding {padding} "
-                     f"leaves no output position on a {h}x{w} input `x`")
-  expected = (n, ho, wo, offset_groups, kh * kw, 2)
-  if tuple(offsets.shape) != expected:
-    raise _shape_error("offsets", offsets, f"{expected} = (N, Ho, Wo, offset_groups, kh*kw, 2)")
-  if mask is not None and tuple(mask.shape) != expected[:-1]:
-    raise _shape_error("mask", mask, f"{expected[:-1]} = (N, Ho, Wo, offset_groups, kh*kw)")
-  num_instances = 0
-  if instance_masks is not None:
-    if instance_masks.ndim != 4 or (instance_masks.shape[0], *instance_masks.shape[2:]) != (n, h, w):
-      raise _shape_error("instance_masks", instance_masks, f"(N={n}, I, H={h}, W={w})")
-    num_instances = instance_masks.shape[1]
-    if num_instances < 1:
-      raise _shape_error("instance_masks", instance_masks, "at least one instance")
-  return ConvGeometry(n, h, w, c, o, kh, kw, ho, wo, offset_groups, num_instances, stride, padding, dilation)
+from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair
 
 
 def _bilinear_columns(x: jax.Array, offsets: jax.Array, geometry: ConvGeometry) -> jax.Array:
   """Samples every tap of every output position: returns [N, Ho, Wo, G, K, C/G] in fp32."""
   n, h, w, c = x.shape
-  _, ho, wo, g, k, _ = offsets.shape
+  ho, wo, g = geometry.out_h, geometry.out_w, geometry.offset_groups
   kh, kw = geometry.kernel_h, geometry.kernel_w
   (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w) = (
       geometry.stride, geometry.padding, geometry.dilation)
@@ -139,8 +53,9 @@ def reference_forward(x: jax.Array, offsets: jax.Array, mask: jax.Array | None, 
                       stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair,
                       offset_groups: int) -> jax.Array:
   """Plain-jnp deformable convolution (materializes every column); returns [N, Ho, Wo, O] in x.dtype."""
-  geometry = check_arguments(x, None, offsets, mask, weight, stride=stride, padding=padding,
-                             dilation=dilation, offset_groups=offset_groups)
+  geometry = ConvGeometry.from_arguments(
+      "pallas_contract.reference_forward", x=x, offsets=offsets, weight=weight, mask=mask, stride=stride,
+      padding=padding, dilation=dilation, offset_groups=offset_groups, weight_dtype_of_x=True)
   columns = _bilinear_columns(x, offsets, geometry)  # [N,Ho,Wo,G,K,C/G]
   if mask is not None:
     columns = columns * mask.astype(jnp.float32)[..., None]
@@ -155,17 +70,13 @@ def reference_masked_forward(x: jax.Array, instance_masks: jax.Array, offsets: j
                              mask: jax.Array | None, weight: jax.Array, *, stride: IntOrPair,
                              padding: IntOrPair, dilation: IntOrPair, offset_groups: int) -> jax.Array:
   """DCN(M_i * x) for every instance i, one plain call each; returns [N, I, Ho, Wo, O]."""
-  check_arguments(x, instance_masks, offsets, mask, weight, stride=stride, padding=padding,
-                  dilation=dilation, offset_groups=offset_groups)
+  ConvGeometry.from_arguments(
+      "pallas_contract.reference_masked_forward", x=x, offsets=offsets, weight=weight, mask=mask,
+      instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
+      offset_groups=offset_groups, weight_dtype_of_x=True)
   outputs = [
       reference_forward(x * instance_masks[:, i, :, :, None].astype(x.dtype), offsets, mask, weight,
                         stride=stride, padding=padding, dilation=dilation, offset_groups=offset_groups)
       for i in range(instance_masks.shape[1])
   ]
   return jnp.stack(outputs, axis=1)
-
-
-def static_conv_args(stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair) -> dict[str, Pair]:
-  """stride, padding and dilation as hashable pairs, ready to be static arguments of a jitted wrapper."""
-  return dict(stride=as_pair("stride", stride), padding=as_pair("padding", padding),
-              dilation=as_pair("dilation", dilation))

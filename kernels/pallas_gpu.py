@@ -31,8 +31,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from maskprop_jax.kernels import pallas_contract
-from maskprop_jax.kernels.pallas_contract import IntOrPair, static_conv_args as _static_conv_args
+from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +73,7 @@ def _dot_precision(dtype, interpret: bool):
   return jax.lax.Precision.HIGHEST if interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
 
 
-def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, block_p: int, block_c: int,
+def _deform_conv_kernel(*refs, geometry: ConvGeometry, block_p: int, block_c: int,
                         block_i: int, group_channels_pad: int, has_mask: bool, has_instances: bool,
                         dot_precision):
   """One program: output tile [block_i, block_p, block_o] of batch element program_id(0)."""
@@ -145,14 +144,9 @@ def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, block_p: 
   out_ref[...] = acc.reshape(block_i, block_p, block_o).astype(out_ref.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("stride", "padding", "dilation", "offset_groups", "interpret",
-                                             "tiling"))
-def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding, dilation, offset_groups,
-                   interpret, tiling):
+@functools.partial(jax.jit, static_argnames=("geometry", "interpret", "tiling"))
+def _fused_forward(x, instance_masks, offsets, mask, weight, *, geometry: ConvGeometry, interpret, tiling):
   """Shared wrapper of both public forms; returns [N, max(I, 1), Ho, Wo, O]."""
-  geometry = pallas_contract.check_arguments(
-      x, instance_masks, offsets, mask, weight, stride=stride, padding=padding, dilation=dilation,
-      offset_groups=offset_groups)
   n, g, k = geometry.batch, geometry.offset_groups, geometry.taps
   positions = geometry.out_h * geometry.out_w
   block_p = _fit_block(tiling.block_p, positions)
@@ -218,8 +212,10 @@ def deform_conv2d_fwd(x: jax.Array, offsets: jax.Array, mask: jax.Array | None, 
   x [N, H, W, C]; offsets [N, Ho, Wo, G, kh*kw, 2] as (dy, dx); mask [N, Ho, Wo, G, kh*kw] or None;
   weight [kh, kw, C, O]. fp32 or bf16 inputs, fp32 accumulation, output in x.dtype.
   """
-  out = _fused_forward(x, None, offsets, mask, weight, **_static_conv_args(stride, padding, dilation),
-                       offset_groups=offset_groups, interpret=interpret, tiling=tiling)
+  geometry = ConvGeometry.from_arguments(
+      "pallas_gpu.deform_conv2d_fwd", x=x, offsets=offsets, weight=weight, mask=mask, stride=stride,
+      padding=padding, dilation=dilation, offset_groups=offset_groups, weight_dtype_of_x=True)
+  out = _fused_forward(x, None, offsets, mask, weight, geometry=geometry, interpret=interpret, tiling=tiling)
   return out[:, 0]
 
 
@@ -231,6 +227,9 @@ def masked_deform_conv2d_fwd(x: jax.Array, instance_masks: jax.Array, offsets: j
 
   Exact: every bilinear corner of x is scaled by the instance mask's value at that same corner.
   """
-  return _fused_forward(x, instance_masks, offsets, mask, weight,
-                        **_static_conv_args(stride, padding, dilation), offset_groups=offset_groups,
-                        interpret=interpret, tiling=tiling)
+  geometry = ConvGeometry.from_arguments(
+      "pallas_gpu.masked_deform_conv2d_fwd", x=x, offsets=offsets, weight=weight, mask=mask,
+      instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
+      offset_groups=offset_groups, weight_dtype_of_x=True)
+  return _fused_forward(x, instance_masks, offsets, mask, weight, geometry=geometry, interpret=interpret,
+                        tiling=tiling)

@@ -39,8 +39,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from maskprop_jax.kernels import pallas_contract
-from maskprop_jax.kernels.pallas_contract import IntOrPair, static_conv_args as _static_conv_args
+from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair
 
 # Offsets the kernel samples exactly when the bound cannot be read from the data (inside jit).
 DEFAULT_MAX_OFFSET = 8
@@ -80,7 +79,7 @@ class _HaloGeometry:
     return self.halo_r * self.halo_w
 
 
-def _halo_geometry(geometry: pallas_contract.ConvGeometry, *, max_offset: int, tiling: Tiling) -> _HaloGeometry:
+def _halo_geometry(geometry: ConvGeometry, *, max_offset: int, tiling: Tiling) -> _HaloGeometry:
   if tiling.block_w < 8 or tiling.block_w & (tiling.block_w - 1) or tiling.block_r < 1:
     raise ValueError(f"pallas_tpu.Tiling: block_w must be a power of two >= 8 and block_r >= 1, got {tiling}")
   block_r = min(tiling.block_r, geometry.out_h)
@@ -96,7 +95,7 @@ def _halo_geometry(geometry: pallas_contract.ConvGeometry, *, max_offset: int, t
                        margin_w=geometry.padding[1] + max_offset, max_offset=max_offset)
 
 
-def _deform_conv_kernel(*refs, geometry: pallas_contract.ConvGeometry, halo: _HaloGeometry, has_mask: bool,
+def _deform_conv_kernel(*refs, geometry: ConvGeometry, halo: _HaloGeometry, has_mask: bool,
                         has_instances: bool, dot_precision):
   """One program: output tile [I, block_r, block_w, O] of batch element program_id(0)."""
   refs = list(refs)
@@ -178,27 +177,24 @@ def _instance_halos(instance_masks: jax.Array, halo: _HaloGeometry, padded_hw: t
   return jnp.transpose(windows, (0, 2, 3, 1, 4))
 
 
-@functools.partial(jax.jit, static_argnames=("stride", "padding", "dilation", "offset_groups", "max_offset",
-                                             "interpret", "tiling"))
-def _fused_forward(x, instance_masks, offsets, mask, weight, *, stride, padding, dilation, offset_groups,
-                   max_offset, interpret, tiling):
+@functools.partial(jax.jit, static_argnames=("geometry", "max_offset", "interpret", "tiling"))
+def _fused_forward(x, instance_masks, offsets, mask, weight, *, geometry: ConvGeometry, max_offset, interpret,
+                   tiling):
   """Shared wrapper of both public forms; returns [N, max(I, 1), Ho, Wo, O]."""
-  geometry = pallas_contract.check_arguments(
-      x, instance_masks, offsets, mask, weight, stride=stride, padding=padding, dilation=dilation,
-      offset_groups=offset_groups)
   halo = _halo_geometry(geometry, max_offset=max_offset, tiling=tiling)
   n, k, g = geometry.batch, geometry.taps, geometry.offset_groups
+  stride_h, stride_w = geometry.stride
   num_outputs = max(geometry.num_instances, 1)
   out_rows, out_cols = halo.row_tiles * halo.block_r, halo.col_tiles * halo.block_w
   # The last tile's halo ends at (tiles - 1) * block * stride + halo size; x may already reach further.
-  padded_h = max((halo.row_tiles - 1) * halo.block_r * stride[0] + halo.halo_r, halo.margin_h + geometry.height)
-  padded_w = max((halo.col_tiles - 1) * halo.block_w * stride[1] + halo.halo_w, halo.margin_w + geometry.width)
+  padded_h = max((halo.row_tiles - 1) * halo.block_r * stride_h + halo.halo_r, halo.margin_h + geometry.height)
+  padded_w = max((halo.col_tiles - 1) * halo.block_w * stride_w + halo.halo_w, halo.margin_w + geometry.width)
   x_padded = _zero_pad_image(x, halo, (padded_h, padded_w))
 
   operands = [x_padded]
   # Mosaic wants every non-squeezed dim of an element-indexed block to be an Element, channels included.
   in_specs = [pl.BlockSpec((None, pl.Element(halo.halo_r), pl.Element(halo.halo_w), pl.Element(geometry.channels)),
-                           lambda b, t, u: (b, t * halo.block_r * stride[0], u * halo.block_w * stride[1], 0))]
+                           lambda b, t, u: (b, t * halo.block_r * stride_h, u * halo.block_w * stride_w, 0))]
   if instance_masks is not None:
     operands.append(_instance_halos(instance_masks, halo, (padded_h, padded_w), geometry.stride))
     in_specs.append(pl.BlockSpec((None, None, None, num_outputs, halo.halo_pixels),
@@ -255,9 +251,11 @@ def deform_conv2d_fwd(x: jax.Array, offsets: jax.Array, mask: jax.Array | None, 
   Layouts as `maskprop_jax.kernels.deform_conv2d`. Offsets are clamped to [-max_offset, max_offset]
   (see the module docstring for how the bound is chosen).
   """
-  out = _fused_forward(x, None, offsets, mask, weight, **_static_conv_args(stride, padding, dilation),
-                       offset_groups=offset_groups, max_offset=_resolve_max_offset(offsets, max_offset),
-                       interpret=interpret, tiling=tiling)
+  geometry = ConvGeometry.from_arguments(
+      "pallas_tpu.deform_conv2d_fwd", x=x, offsets=offsets, weight=weight, mask=mask, stride=stride,
+      padding=padding, dilation=dilation, offset_groups=offset_groups, weight_dtype_of_x=True)
+  out = _fused_forward(x, None, offsets, mask, weight, geometry=geometry,
+                       max_offset=_resolve_max_offset(offsets, max_offset), interpret=interpret, tiling=tiling)
   return out[:, 0]
 
 
@@ -270,7 +268,10 @@ def masked_deform_conv2d_fwd(x: jax.Array, instance_masks: jax.Array, offsets: j
 
   Exact within the offset bound: each bilinear corner's weight is scaled by the instance mask at that corner.
   """
-  return _fused_forward(x, instance_masks, offsets, mask, weight,
-                        **_static_conv_args(stride, padding, dilation), offset_groups=offset_groups,
+  geometry = ConvGeometry.from_arguments(
+      "pallas_tpu.masked_deform_conv2d_fwd", x=x, offsets=offsets, weight=weight, mask=mask,
+      instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
+      offset_groups=offset_groups, weight_dtype_of_x=True)
+  return _fused_forward(x, instance_masks, offsets, mask, weight, geometry=geometry,
                         max_offset=_resolve_max_offset(offsets, max_offset), interpret=interpret,
                         tiling=tiling)

@@ -2,7 +2,8 @@
 
 This is the slow, obvious version the fast implementations are tested against: loops over output pixels,
 taps and offset groups, vectorised only over channels, float64 throughout. Layout as kernels.deform_conv
-(NHWC, weight [kh, kw, C, O], offsets [N, Ho, Wo, G, K, 2] in (dy, dx)). Keep inputs tiny.
+(NHWC, weight [kh, kw, C, O], offsets [N, Ho, Wo, G, K, 2] in (dy, dx)), arguments checked by the same
+kernels.geometry.ConvGeometry.from_arguments as every impl. Keep inputs tiny.
 
 The three rules mirror the three loops of torchvision's CPU kernel, each with its own boundary test:
   * a sample is zero when y <= -1, y >= H, x <= -1 or x >= W; otherwise the bilinear blend of its floor /
@@ -18,9 +19,7 @@ import math
 
 import numpy as np
 
-
-def _pair(v) -> tuple[int, int]:
-  return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+from maskprop_jax.kernels.geometry import ConvGeometry
 
 
 def _pixel(image, y: int, x: int):
@@ -62,67 +61,70 @@ def _scatter_sample(d_image, y: float, x: float, value) -> None:
         d_image[yy, xx] += (1 - abs(y - yy)) * (1 - abs(x - xx)) * value
 
 
-class _Geometry:
-  """Static conv parameters and the sample position of every (output pixel, tap)."""
+def _float64(*arrays):
+  """NumPy float64 copies (None stays None): this module computes in float64 whatever it is given."""
+  return tuple(None if a is None else np.asarray(a, np.float64) for a in arrays)
 
-  def __init__(self, x, weight, offsets, stride, padding, dilation, offset_groups):
-    self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
-    self.kh, self.kw = weight.shape[:2]
-    self.groups = offset_groups
-    self.group_channels = x.shape[-1] // offset_groups
-    self.out_h, self.out_w = offsets.shape[1:3]
 
-  def positions(self, offsets, n: int, i: int, j: int, g: int, k: int) -> tuple[float, float]:
-    a, b = divmod(k, self.kw)
-    dy, dx = offsets[n, i, j, g, k]
-    y = i * self.stride[0] - self.padding[0] + a * self.dilation[0] + dy
-    x = j * self.stride[1] - self.padding[1] + b * self.dilation[1] + dx
-    return float(y), float(x)
+def _position(geo: ConvGeometry, offsets, n: int, i: int, j: int, g: int, k: int) -> tuple[float, float]:
+  """Sample position (y, x) of tap k, offset group g, output (i, j) of image n."""
+  a, b = divmod(k, geo.kernel_w)
+  dy, dx = offsets[n, i, j, g, k]
+  y = i * geo.stride[0] - geo.padding[0] + a * geo.dilation[0] + dy
+  x = j * geo.stride[1] - geo.padding[1] + b * geo.dilation[1] + dx
+  return float(y), float(x)
 
-  def loops(self, batch: int):
-    for n in range(batch):
-      for i in range(self.out_h):
-        for j in range(self.out_w):
-          for g in range(self.groups):
-            for k in range(self.kh * self.kw):
-              yield n, i, j, g, k
 
-  def channels(self, g: int) -> slice:
-    return slice(g * self.group_channels, (g + 1) * self.group_channels)
+def _samples(geo: ConvGeometry):
+  """Every (n, i, j, g, k): image, output row and column, offset group, tap."""
+  for n in range(geo.batch):
+    for i in range(geo.out_h):
+      for j in range(geo.out_w):
+        for g in range(geo.offset_groups):
+          for k in range(geo.taps):
+            yield n, i, j, g, k
+
+
+def _group_channels(geo: ConvGeometry, g: int) -> slice:
+  return slice(g * geo.group_channels, (g + 1) * geo.group_channels)
 
 
 def deform_conv2d(x, offsets, weight, mask=None, bias=None, *, stride=1, padding=1, dilation=1,
                   offset_groups: int = 1):
   """Forward: returns [N, Ho, Wo, O] float64."""
-  x, offsets, weight = (np.asarray(a, np.float64) for a in (x, offsets, weight))
-  geo = _Geometry(x, weight, offsets, stride, padding, dilation, offset_groups)
-  columns = np.zeros(offsets.shape[:3] + (geo.kh * geo.kw, x.shape[-1]))  # [N, Ho, Wo, K, C]
-  for n, i, j, g, k in geo.loops(x.shape[0]):
+  x, offsets, weight, mask, bias = _float64(x, offsets, weight, mask, bias)
+  geo = ConvGeometry.from_arguments("reference.deform_conv2d", x=x, offsets=offsets, weight=weight, mask=mask,
+                                    bias=bias, stride=stride, padding=padding, dilation=dilation,
+                                    offset_groups=offset_groups)
+  columns = np.zeros(offsets.shape[:3] + (geo.taps, geo.channels))  # [N, Ho, Wo, K, C]
+  for n, i, j, g, k in _samples(geo):
     scale = 1.0 if mask is None else float(mask[n, i, j, g, k])
-    y, xx = geo.positions(offsets, n, i, j, g, k)
-    columns[n, i, j, k, geo.channels(g)] = scale * bilinear_sample(x[n, :, :, geo.channels(g)], y, xx)
-  out = np.einsum("nijkc,kco->nijo", columns, weight.reshape(geo.kh * geo.kw, x.shape[-1], -1))
+    y, xx = _position(geo, offsets, n, i, j, g, k)
+    ch = _group_channels(geo, g)
+    columns[n, i, j, k, ch] = scale * bilinear_sample(x[n, :, :, ch], y, xx)
+  out = np.einsum("nijkc,kco->nijo", columns, weight.reshape(geo.taps, geo.channels, -1))
   if bias is not None:
-    out = out + np.asarray(bias, np.float64)
+    out = out + bias
   return out
 
 
 def deform_conv2d_grads(x, offsets, weight, out_grad, mask=None, *, stride=1, padding=1, dilation=1,
                         offset_groups: int = 1):
   """Gradients of sum(out * out_grad): dict with x, offsets, weight, bias and (given a mask) mask."""
-  x, offsets, weight, out_grad = (np.asarray(a, np.float64) for a in (x, offsets, weight, out_grad))
-  geo = _Geometry(x, weight, offsets, stride, padding, dilation, offset_groups)
-  taps, channels = geo.kh * geo.kw, x.shape[-1]
-  weight_kco = weight.reshape(taps, channels, -1)
+  x, offsets, weight, out_grad, mask = _float64(x, offsets, weight, out_grad, mask)
+  geo = ConvGeometry.from_arguments("reference.deform_conv2d_grads", x=x, offsets=offsets, weight=weight,
+                                    mask=mask, stride=stride, padding=padding, dilation=dilation,
+                                    offset_groups=offset_groups)
+  weight_kco = weight.reshape(geo.taps, geo.channels, -1)
   d_columns = np.einsum("nijo,kco->nijkc", out_grad, weight_kco)
   columns = np.zeros_like(d_columns)
   grads = {"x": np.zeros_like(x), "offsets": np.zeros_like(offsets)}
   if mask is not None:
     grads["mask"] = np.zeros(mask.shape)
-  for n, i, j, g, k in geo.loops(x.shape[0]):
+  for n, i, j, g, k in _samples(geo):
     scale = 1.0 if mask is None else float(mask[n, i, j, g, k])
-    y, xx = geo.positions(offsets, n, i, j, g, k)
-    ch = geo.channels(g)
+    y, xx = _position(geo, offsets, n, i, j, g, k)
+    ch = _group_channels(geo, g)
     image, d_col = x[n, :, :, ch], d_columns[n, i, j, k, ch]
     sample = bilinear_sample(image, y, xx)
     columns[n, i, j, k, ch] = scale * sample
@@ -136,17 +138,26 @@ def deform_conv2d_grads(x, offsets, weight, out_grad, mask=None, *, stride=1, pa
   return grads
 
 
-def masked_deform_conv2d(x, instance_masks, offsets, weight, mask=None, bias=None, **conv):
+def masked_deform_conv2d(x, instance_masks, offsets, weight, mask=None, bias=None, *, stride=1, padding=1,
+                         dilation=1, offset_groups: int = 1):
   """DCN(M_i * x) for every instance mask M_i [N, I, H, W]: returns [N, I, Ho, Wo, O]."""
-  x, instance_masks = np.asarray(x, np.float64), np.asarray(instance_masks, np.float64)
+  conv = dict(stride=stride, padding=padding, dilation=dilation, offset_groups=offset_groups)
+  x, instance_masks, offsets, weight, mask, bias = _float64(x, instance_masks, offsets, weight, mask, bias)
+  ConvGeometry.from_arguments("reference.masked_deform_conv2d", x=x, offsets=offsets, weight=weight, mask=mask,
+                              instance_masks=instance_masks, bias=bias, **conv)
   outs = [deform_conv2d(x * instance_masks[:, i, :, :, None], offsets, weight, mask, bias, **conv)
           for i in range(instance_masks.shape[1])]
   return np.stack(outs, axis=1)
 
 
-def masked_deform_conv2d_grads(x, instance_masks, offsets, weight, out_grad, mask=None, **conv):
+def masked_deform_conv2d_grads(x, instance_masks, offsets, weight, out_grad, mask=None, *, stride=1, padding=1,
+                               dilation=1, offset_groups: int = 1):
   """Gradients of sum(masked_deform_conv2d(...) * out_grad), adding up the per-instance convolutions."""
-  x, instance_masks = np.asarray(x, np.float64), np.asarray(instance_masks, np.float64)
+  conv = dict(stride=stride, padding=padding, dilation=dilation, offset_groups=offset_groups)
+  x, instance_masks, offsets, weight, out_grad, mask = _float64(x, instance_masks, offsets, weight, out_grad,
+                                                                mask)
+  ConvGeometry.from_arguments("reference.masked_deform_conv2d_grads", x=x, offsets=offsets, weight=weight,
+                              mask=mask, instance_masks=instance_masks, **conv)
   total = {"x": np.zeros_like(x), "instance_masks": np.zeros_like(instance_masks)}
   for i in range(instance_masks.shape[1]):
     m = instance_masks[:, i, :, :, None]

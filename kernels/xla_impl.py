@@ -25,6 +25,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair, Pair
+
 # Elements of one chunk's column matrix; the backward keeps a few arrays of this size alive.
 CPU_CHUNK_ELEMENTS = 1 << 20  # 4 MiB in fp32
 ACCELERATOR_CHUNK_ELEMENTS = 1 << 26  # 256 MiB in fp32: big GEMMs, few scan steps
@@ -33,41 +35,10 @@ ACCELERATOR_CHUNK_ELEMENTS = 1 << 26  # 256 MiB in fp32: big GEMMs, few scan ste
 def default_chunk_elements() -> int:
   return CPU_CHUNK_ELEMENTS if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
 
-Pair = tuple[int, int]
 
-
-@dataclasses.dataclass(frozen=True)
-class ConvShape:
-  """Static sizes and conv parameters shared by forward and backward (hashable, usable as a jit static)."""
-
-  in_hw: Pair
-  out_hw: Pair
-  kernel_hw: Pair
-  stride: Pair
-  padding: Pair
-  dilation: Pair
-  offset_groups: int
-
-  @property
-  def taps(self) -> int:
-    return self.kernel_hw[0] * self.kernel_hw[1]
-
-  @property
-  def padded_hw(self) -> Pair:
-    return self.in_hw[0] + 2, self.in_hw[1] + 2
-
-
-def output_size(in_hw: Pair, kernel_hw: Pair, stride: Pair, padding: Pair, dilation: Pair) -> Pair:
-  """Output height and width, the same integer arithmetic as torchvision's kernel."""
-  return tuple(  # type: ignore[return-value]
-      (in_hw[d] + 2 * padding[d] - dilation[d] * (kernel_hw[d] - 1) - 1) // stride[d] + 1 for d in range(2))
-
-
-def _conv_shape(x, weight, stride, padding, dilation, offset_groups) -> ConvShape:
-  in_hw = (x.shape[1], x.shape[2])
-  kernel_hw = (weight.shape[0], weight.shape[1])
-  return ConvShape(in_hw, output_size(in_hw, kernel_hw, stride, padding, dilation), kernel_hw, stride,
-                   padding, dilation, offset_groups)
+def _padded_hw(geometry: ConvGeometry) -> Pair:
+  """Size of x after the one-pixel zero border that turns the corner rule into a plain gather."""
+  return geometry.height + 2, geometry.width + 2
 
 
 def _chunk_rows(num_rows: int, row_elements: int, chunk_elements: int) -> int:
@@ -76,20 +47,20 @@ def _chunk_rows(num_rows: int, row_elements: int, chunk_elements: int) -> int:
   return min(rows, num_rows)
 
 
-def _tap_bases(rows, shape: ConvShape, batch: int):
+def _tap_bases(rows, geometry: ConvGeometry, batch: int):
   """Integer sample position of every tap before the offset is added, and the image of each output row.
 
   rows: [m] global output-row ids (n * Ho * Wo + i * Wo + j); ids past the end belong to padding rows.
   Returns base [m, K, 1, 2] float32 (y, x) and image [m] int32.
   """
-  ho, wo = shape.out_hw
-  kh, kw = shape.kernel_hw
+  ho, wo = geometry.out_hw
+  kh, kw = geometry.kernel_hw
   image = jnp.minimum(rows // (ho * wo), batch - 1)  # padding rows reuse the last image
   i = (rows // wo) % ho
   j = rows % wo
   tap = jnp.arange(kh * kw)
-  base_y = i[:, None] * shape.stride[0] - shape.padding[0] + (tap // kw)[None, :] * shape.dilation[0]
-  base_x = j[:, None] * shape.stride[1] - shape.padding[1] + (tap % kw)[None, :] * shape.dilation[1]
+  base_y = i[:, None] * geometry.stride[0] - geometry.padding[0] + (tap // kw)[None, :] * geometry.dilation[0]
+  base_x = j[:, None] * geometry.stride[1] - geometry.padding[1] + (tap % kw)[None, :] * geometry.dilation[1]
   base = jnp.stack([base_y, base_x], axis=-1).astype(jnp.float32)  # [m, K, 2]
   return base[:, :, None, :], image
 
@@ -137,9 +108,9 @@ class _Gathers:
   mask_steps: tuple[int, int, int, int]
 
 
-def _gather_rows(corner, image, shape: ConvShape) -> _Gathers:
-  hp, wp = shape.padded_hw
-  groups = shape.offset_groups
+def _gather_rows(corner, image, geometry: ConvGeometry) -> _Gathers:
+  hp, wp = _padded_hw(geometry)
+  groups = geometry.offset_groups
   pixel = (image[:, None, None] * hp + corner[..., 0]) * wp + corner[..., 1]  # [m, K, G]
   x_rows = pixel * groups + jnp.arange(groups)[None, None, :]
   return _Gathers(x_rows.reshape(-1), (0, groups, wp * groups, (wp + 1) * groups), pixel.reshape(-1),
@@ -189,7 +160,7 @@ def _matmul(a, b, dims):
                              preferred_element_type=jnp.float32)
 
 
-def _chunked(x, offsets, mask, instance_masks, shape: ConvShape, chunk_elements: int | None):
+def _chunked(x, offsets, mask, instance_masks, geometry: ConvGeometry, chunk_elements: int | None):
   """Flattens the per-row inputs and splits them into equal chunks (the last one padded).
 
   chunk_elements: column-matrix elements per chunk; None picks the backend's default.
@@ -197,10 +168,10 @@ def _chunked(x, offsets, mask, instance_masks, shape: ConvShape, chunk_elements:
   Returns (rows_per_chunk, num_chunks, offsets [c, m, K, G, 2], mask [c, m, K, G] or None).
   """
   batch = x.shape[0]
-  num_rows = batch * shape.out_hw[0] * shape.out_hw[1]
+  num_rows = batch * geometry.out_hw[0] * geometry.out_hw[1]
   instances = 1 if instance_masks is None else instance_masks.shape[1]
   budget = default_chunk_elements() if chunk_elements is None else chunk_elements
-  rows_per_chunk = _chunk_rows(num_rows, shape.taps * x.shape[-1] * instances, budget)
+  rows_per_chunk = _chunk_rows(num_rows, geometry.taps * x.shape[-1] * instances, budget)
   num_chunks = math.ceil(num_rows / rows_per_chunk)
   extra = num_chunks * rows_per_chunk - num_rows
 
@@ -226,42 +197,44 @@ def _scan_chunks(body: Callable, carry, xs, num_chunks: int):
   return jax.lax.scan(body, carry, (jnp.arange(num_chunks, dtype=jnp.int32),) + xs)
 
 
-def deform_conv2d_fwd(x, offsets, mask, weight, *, stride: Pair, padding: Pair, dilation: Pair,
-                      offset_groups: int, instance_masks=None,
-                      chunk_elements: int | None = None):
+def deform_conv2d_fwd(x, offsets, mask, weight, *, stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair,
+                      offset_groups: int, instance_masks=None, chunk_elements: int | None = None):
   """Forward pass. Returns [N, Ho, Wo, O], or [N, I, Ho, Wo, O] = DCN(M_i * x) given instance_masks [N, I, H, W].
 
-  Arguments are validated by kernels.deform_conv; stride, padding and dilation are (h, w) pairs.
+  stride, padding and dilation are ints or (h, w) pairs; every argument is checked by kernels.geometry.
   """
-  shape = _conv_shape(x, weight, stride, padding, dilation, offset_groups)
-  batch, channels, out_channels = x.shape[0], x.shape[-1], weight.shape[-1]
-  groups = offset_groups
-  rows_per_chunk, num_chunks, offsets_c, mask_c = _chunked(x, offsets, mask, instance_masks, shape,
+  geometry = ConvGeometry.from_arguments(
+      "xla_impl.deform_conv2d_fwd", x=x, offsets=offsets, weight=weight, mask=mask,
+      instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
+      offset_groups=offset_groups)
+  batch, channels, out_channels = geometry.batch, geometry.channels, geometry.out_channels
+  groups = geometry.offset_groups
+  rows_per_chunk, num_chunks, offsets_c, mask_c = _chunked(x, offsets, mask, instance_masks, geometry,
                                                            chunk_elements)
   x_flat = _pad_flat_x(x, groups)
   masks_flat = None if instance_masks is None else _pad_flat_masks(instance_masks)
-  weight_mat = weight.reshape(shape.taps * channels, out_channels)  # rows ordered (tap, group, channel)
+  weight_mat = weight.reshape(geometry.taps * channels, out_channels)  # rows ordered (tap, group, channel)
 
   def body(carry, chunk):
     index, chunk_offsets, chunk_mask = chunk
     rows = index * rows_per_chunk + jnp.arange(rows_per_chunk)
-    base, image = _tap_bases(rows, shape, batch)
-    weights, corner = _corner_weights(chunk_offsets, chunk_mask, base, shape.in_hw)
-    columns = _columns(x_flat, masks_flat, weights, _gather_rows(corner, image, shape))
-    columns = columns.reshape(-1, shape.taps * channels).astype(x.dtype)  # [m (* I), K * C]
+    base, image = _tap_bases(rows, geometry, batch)
+    weights, corner = _corner_weights(chunk_offsets, chunk_mask, base, geometry.in_hw)
+    columns = _columns(x_flat, masks_flat, weights, _gather_rows(corner, image, geometry))
+    columns = columns.reshape(-1, geometry.taps * channels).astype(x.dtype)  # [m (* I), K * C]
     out = _matmul(columns, weight_mat.astype(x.dtype), ((1,), (0,)))  # [m (* I), O]
     return carry, out.astype(x.dtype).reshape(rows_per_chunk, -1, out_channels)
 
   _, out = _scan_chunks(body, (), (offsets_c, mask_c), num_chunks)  # [c, m, I, O]
-  num_rows = batch * shape.out_hw[0] * shape.out_hw[1]
-  out = _unchunk(out, num_rows, (batch,) + shape.out_hw)  # [N, Ho, Wo, I, O]
+  num_rows = batch * geometry.out_hw[0] * geometry.out_hw[1]
+  out = _unchunk(out, num_rows, (batch,) + geometry.out_hw)  # [N, Ho, Wo, I, O]
   if instance_masks is None:
     return out[:, :, :, 0]
   return jnp.transpose(out, (0, 3, 1, 2, 4))
 
 
-def deform_conv2d_bwd(x, offsets, mask, weight, out_grad, *, stride: Pair, padding: Pair, dilation: Pair,
-                      offset_groups: int, instance_masks=None,
+def deform_conv2d_bwd(x, offsets, mask, weight, out_grad, *, stride: IntOrPair, padding: IntOrPair,
+                      dilation: IntOrPair, offset_groups: int, instance_masks=None,
                       chunk_elements: int | None = None):
   """Gradients of `deform_conv2d_fwd` with respect to (x, offsets, mask, weight, instance_masks).
 
@@ -272,13 +245,16 @@ def deform_conv2d_bwd(x, offsets, mask, weight, out_grad, *, stride: Pair, paddi
   2x48x80x256), but autodiff through the scan keeps every chunk's gathered corners as residuals, K times the
   memory of x, where this recomputes them.
   """
-  shape = _conv_shape(x, weight, stride, padding, dilation, offset_groups)
-  batch, channels, out_channels = x.shape[0], x.shape[-1], weight.shape[-1]
-  groups = offset_groups
-  taps = shape.taps
-  rows_per_chunk, num_chunks, offsets_c, mask_c = _chunked(x, offsets, mask, instance_masks, shape,
+  geometry = ConvGeometry.from_arguments(
+      "xla_impl.deform_conv2d_bwd", x=x, offsets=offsets, weight=weight, mask=mask,
+      instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
+      offset_groups=offset_groups)
+  batch, channels, out_channels = geometry.batch, geometry.channels, geometry.out_channels
+  groups = geometry.offset_groups
+  taps = geometry.taps
+  rows_per_chunk, num_chunks, offsets_c, mask_c = _chunked(x, offsets, mask, instance_masks, geometry,
                                                            chunk_elements)
-  num_rows = batch * shape.out_hw[0] * shape.out_hw[1]
+  num_rows = batch * geometry.out_hw[0] * geometry.out_hw[1]
   x_flat = _pad_flat_x(x, groups)
   masks_flat = None if instance_masks is None else _pad_flat_masks(instance_masks)
   weight_mat = weight.reshape(taps * channels, out_channels).astype(x.dtype)
@@ -296,9 +272,9 @@ def deform_conv2d_bwd(x, offsets, mask, weight, out_grad, *, stride: Pair, paddi
     d_x_flat, d_masks_flat, d_weight = carry
     index, chunk_offsets, chunk_mask, chunk_grads = chunk
     rows = index * rows_per_chunk + jnp.arange(rows_per_chunk)
-    base, image = _tap_bases(rows, shape, batch)
-    weights, corner, weights_vjp = _corner_weights_vjp(chunk_offsets, chunk_mask, base, shape.in_hw)
-    gathers = _gather_rows(corner, image, shape)
+    base, image = _tap_bases(rows, geometry, batch)
+    weights, corner, weights_vjp = _corner_weights_vjp(chunk_offsets, chunk_mask, base, geometry.in_hw)
+    gathers = _gather_rows(corner, image, geometry)
     flat_grads = chunk_grads.reshape(-1, out_channels).astype(x.dtype)  # [m * I, O]
     columns = _columns(x_flat, masks_flat, weights, gathers).reshape(-1, taps * channels)
     d_weight = d_weight + _matmul(columns.astype(x.dtype), flat_grads, ((0,), (0,)))  # [K * C, O]
@@ -335,11 +311,11 @@ def deform_conv2d_bwd(x, offsets, mask, weight, out_grad, *, stride: Pair, paddi
   (d_x_flat, d_masks_flat, d_weight), (d_offsets, d_mask) = _scan_chunks(
       body, carry, (offsets_c, mask_c, grads_c), num_chunks)
 
-  hp, wp = shape.padded_hw
-  h, w = shape.in_hw
+  hp, wp = _padded_hw(geometry)
+  h, w = geometry.in_hw
   d_x = d_x_flat.reshape(batch, hp, wp, channels)[:, 1:h + 1, 1:w + 1].astype(x.dtype)
-  d_offsets = jnp.swapaxes(_unchunk(d_offsets, num_rows, (batch,) + shape.out_hw), 3, 4)
-  d_mask = None if mask is None else jnp.swapaxes(_unchunk(d_mask, num_rows, (batch,) + shape.out_hw), 3, 4)
+  d_offsets = jnp.swapaxes(_unchunk(d_offsets, num_rows, (batch,) + geometry.out_hw), 3, 4)
+  d_mask = None if mask is None else jnp.swapaxes(_unchunk(d_mask, num_rows, (batch,) + geometry.out_hw), 3, 4)
   d_instance_masks = None
   if instance_masks is not None:
     d_masks = d_masks_flat.reshape(batch, hp, wp, instances)[:, 1:h + 1, 1:w + 1]

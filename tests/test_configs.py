@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskprop_jax import run_config, train_lib
+from maskprop_jax.training import parallel, runs
 from maskprop_jax.data import synthetic, tfds_builder
 from maskprop_jax.model import maskprop
 from tiny_config import REPO_ROOT
@@ -19,7 +19,7 @@ NUM_CLASSES = {"ytvis2019": 41, "ytvis2021": 41, "ovis": 26, "synthetic": 7}
 
 def _load(name: str):
   path = REPO_ROOT / "configs" / f"{name}.py"
-  return run_config.load_config_file(path), path.read_text()
+  return runs.load_config_file(path), path.read_text()
 
 
 def test_the_issue_configs_exist():
@@ -39,7 +39,7 @@ def test_config_documents_its_command_and_builds_its_model(name):
   assert data.name in tfds_builder.CONFIG_DESCRIPTIONS
   assert {data.train_split, data.val_split} <= set(data.annotations) & set(data.images)
   assert config.model.detector.num_classes == NUM_CLASSES[data.name]
-  assert config.model.compute_dtype == "float32"  # the only one train_lib supports
+  assert config.model.compute_dtype == "float32"  # the only one training supports
   opt = config.optimizer
   if opt.schedule == "step":
     assert all(opt.warmup_steps < step < config.train.num_steps for step in opt.decay_steps)
@@ -52,7 +52,9 @@ def test_paper_clip_length_in_the_youtube_vis_configs():
   for name in ("ytvis", "ytvis_r101", "ytvis_x101", "ytvis2021", "ovis", "ytvis_tpu"):
     config, _ = _load(name)
     assert config.inference.half_window == 6 and config.data.max_ref_offset == 6, name  # clips of 2T+1 = 13
-    assert config.model.detector.roi_heads.detections_per_img == config.inference.max_instances, name
+    # At most D center-frame detections become a clip's tracks: 10 on YouTube-VIS, 20 on crowded OVIS.
+    assert config.model.detector.roi_heads.detections_per_img == (20 if name == "ovis" else 10), name
+    assert "max_instances" not in config.inference, name  # read nowhere: not offered as a setting
 
 
 def test_backbones_of_the_r101_and_x101_configs():
@@ -71,10 +73,10 @@ def test_backbones_of_the_r101_and_x101_configs():
 
 def test_tpu_config_batch_and_schedule_grow_with_the_chips():
   config, _ = _load("ytvis_tpu")
-  on_16_chips = train_lib.scale_to_devices(config, 16)
+  on_16_chips = parallel.scale_to_devices(config, 16)
   assert on_16_chips.train.global_batch_size == 32 and on_16_chips.train.num_steps == 20_000
   np.testing.assert_allclose(on_16_chips.optimizer.lr, 0.04)
-  on_64_chips = train_lib.scale_to_devices(config, 64)
+  on_64_chips = parallel.scale_to_devices(config, 64)
   assert on_64_chips.train.global_batch_size == 128 and on_64_chips.train.num_steps == 5_000
   assert on_64_chips.train.global_batch_size % 64 == 0
   assert jax.tree.leaves(on_64_chips.optimizer.decay_steps) == [3_750, 4_500]

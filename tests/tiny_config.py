@@ -18,14 +18,14 @@ import jax
 import ml_collections
 import pytest
 
-from maskprop_jax import run_config
+from maskprop_jax.training import runs
 from maskprop_jax.data import from_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = run_config.load_config_file(REPO_ROOT / "configs" / "default.py")
+  config = runs.load_config_file(REPO_ROOT / "configs" / "default.py")
   data = config.data
   data.name = "synthetic"
   data.root = "/tmp/maskprop_tiny/data"
@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.update(dict(global_batch_size=4, num_steps=4, log_every=1, checkpoint_every=2, keep_checkpoints=3))
   # The default SGD recipe, scaled down: short warmup, and the default's frozen stem and first stage.
   config.optimizer.update(dict(lr=0.01, warmup_steps=2, decay_steps=(3,)))
-  config.inference.update(dict(half_window=1, score_thresh=0.0, max_instances=4))
+  config.inference.update(dict(half_window=1, score_thresh=0.0))
   return config
 
 

@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from maskprop_jax import checkpointing, optimizer, run_config, train_lib
+from maskprop_jax.training import checkpointing, optimizer, runs
+from maskprop_jax.training.state import create_train_state
 from maskprop_jax.model import maskprop
 from maskprop_jax.model.config import tiny_mask_rcnn_config
 
@@ -20,7 +21,7 @@ def tiny_config(num_classes: int = 6, half_window: int = 2, frame_hw: tuple[int,
   """configs/default.py with a narrow ResNet-FPN detector for frames of `frame_hw` (not resized), propagation on
   P3 and clips of 2T+1 frames; data, optimizer and train settings stay the defaults. Tests that share the
   architecture (6 classes: the synthetic set's) share inference.py's compiled programs."""
-  config = run_config.load_config_file(REPO_ROOT / "configs" / "default.py")
+  config = runs.load_config_file(REPO_ROOT / "configs" / "default.py")
   detector = tiny_mask_rcnn_config(num_classes=num_classes + 1)
   detector.backbone.width_per_group = 8  # ResNet stages of 32..256 channels: fast on a CPU
   detector.input.update(dict(min_size=min(frame_hw), max_size=max(frame_hw)))
@@ -67,8 +68,8 @@ def tiny_model(config: ml_collections.ConfigDict, *, confident_masks: bool = Tru
 def save_tiny_run(workdir: Path, config: ml_collections.ConfigDict, model: maskprop.MaskProp) -> None:
   """A train.py-like workdir: config.json and a checkpoint (train state and data iterator) of `model`."""
   tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config))
-  _, state = train_lib.create_train_state(model, config, tx)
-  run_config.save_run_config(config, workdir)
+  _, state = create_train_state(model, config, tx)
+  runs.save_run_config(config, workdir)
   manager = checkpointing.create_manager(workdir, keep=1, save_every=1)
   checkpointing.save(manager, 1, state, iter(grain.MapDataset.range(4).to_iter_dataset()), force=True)
   manager.wait_until_finished()

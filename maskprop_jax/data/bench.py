@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from maskprop_jax.data import masks
+from maskprop_jax import rle
 from maskprop_jax.data import pipeline
 from maskprop_jax.data import prepare
 from maskprop_jax.data import synthetic
@@ -57,7 +57,7 @@ def write_ytvis_like(root: Path, num_videos: int, num_frames: int, seed: int) ->
       for k in range(3):
         mask = _ellipse(height, width, tuple(starts[k] + t * velocities[k]), tuple(radii[k]))
         frame[mask.astype(bool)] = 60 * (k + 1)
-        segmentations[k].append(masks.encode(mask))
+        segmentations[k].append(rle.encode(mask))
       noise = rng.integers(-12, 13, frame.shape)
       frame = np.clip(frame.astype(np.int16) + noise, 0, 255).astype(np.uint8)
       file_names.append(f"{name}/{5 * t:05d}.jpg")

@@ -49,6 +49,11 @@ def _prepare(config: ml_collections.ConfigDict, split: str) -> Path:
                                  annotation_file=annotation_file(config, split))
 
 
+def categories(config: ml_collections.ConfigDict, split: str) -> list[dict]:
+  """The categories of a prepared split ({"id", "name", "label"}, label = contiguous 1..C by id)."""
+  return prepare.read_metadata(ensure_split(config, split))["categories"]
+
+
 def train_iterator(config: ml_collections.ConfigDict):
   """This process's iterator of training batches (a grain iterator whose state orbax checkpoints)."""
   data = config.data

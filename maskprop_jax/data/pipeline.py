@@ -7,7 +7,8 @@ grain seeds from (seed, global example index): an example depends only on the se
 endless shuffled stream. How examples group into batches also depends on `worker_count` (each grain worker
 batches the examples it builds), so a run resumes with the worker count it was saved with (grain refuses
 another). The iterator's state (grain JSON) restores a run exactly; with orbax, save and restore it as an item
-`grain.python.PyGrainCheckpointSave(iterator)` / `PyGrainCheckpointRestore(iterator)` of a Composite.
+`grain.checkpoint.CheckpointSave(iterator)` / `grain.checkpoint.CheckpointRestore(iterator)` of a Composite (as
+training/checkpointing.py does).
 
 Batch format (numpy, B = per-process batch, F = 1 + K, index 0 = center frame, M = max_instances):
   frames uint8 [B, F, H, W, 3], frame_offsets int32 [B, F], image_hw int32 [B, 2], track_ids int32 [B, M],
@@ -26,9 +27,9 @@ import grain.python as grain
 import jax
 import numpy as np
 
+from maskprop_jax import rle as rle_lib
 from maskprop_jax.data import augment
-from maskprop_jax.data import masks as mask_codec
-from maskprop_jax.data import tfds_builder
+from maskprop_jax.data import prepare
 from maskprop_jax.errors import InputError
 
 
@@ -53,7 +54,7 @@ class ClipIndex:
   def __init__(self, dataset_dir: str | Path, split: str):
     self._dataset_dir = str(dataset_dir)
     self._split = split
-    info = tfds_builder.split_info(dataset_dir, split)
+    info = prepare.split_info(dataset_dir, split)
     self._video_ids = list(info["video_ids"])
     self._starts = np.concatenate([[0], np.cumsum(info["num_frames"], dtype=np.int64)])  # [V + 1]
     self._records = None
@@ -72,7 +73,7 @@ class ClipIndex:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     if self._records is None:
-      self._records = tfds_builder.open_records(self._dataset_dir, self._split)
+      self._records = prepare.open_records(self._dataset_dir, self._split)
     video = int(np.searchsorted(self._starts, index, side="right")) - 1
     record = self._records[video]
     if int(record["video_id"]) != self._video_ids[video]:
@@ -127,7 +128,7 @@ def _clip_masks(
       counts = tracks["rle_counts"][n][frame]
       rle = {"size": [height, width], "counts": counts.decode() if isinstance(counts, bytes) else counts}
       try:
-        out[n, f] = augment.apply_to_mask(mask_codec.decode(rle), geometry)
+        out[n, f] = augment.apply_to_mask(rle_lib.decode(rle), geometry)
       except (ValueError, TypeError) as e:
         raise InputError(
             f"{_video_label(record)}, frame {_frame_name(record, frame)}: bad mask of track "
@@ -235,7 +236,7 @@ def make_train_loader(
     shard_index, shard_count = jax.process_index(), jax.process_count()
   if global_batch_size % shard_count:
     raise ValueError(f"global_batch_size {global_batch_size} is not divisible by {shard_count} processes")
-  dataset_dir = tfds_builder.prepared_dir(data_dir, name)
+  dataset_dir = prepare.prepared_dir(data_dir, name)
   spec = ClipSpec(tuple(image_hw), max_instances, num_ref_frames, max_ref_offset, tuple(scale_range), flip)
   source = ClipIndex(dataset_dir, split)
   if len(source) == 0:

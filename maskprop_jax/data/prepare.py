@@ -8,28 +8,63 @@ set joins the first (its files are moved in, then the split lists are rewritten)
 prepared is reused as it is: delete OUT/vis_videos/<name> to prepare it again.
 
 On several hosts sharing OUT, let one process prepare and the others wait for it (as train.py does).
+
+This is the one module that knows how prepared records lie on disk: where a data set lives (`prepared_dir`), which
+splits it holds (`read_metadata`, `split_info`, `is_prepared`), merging a split in, and reading records back
+(`open_records`); tfds_builder.py only builds the records of a split.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import tensorflow_datasets as tfds
+
+from maskprop_jax import files
 from maskprop_jax.data import tfds_builder
 from maskprop_jax.data import ytvis
 from maskprop_jax.errors import InputError, report_input_errors
 
+METADATA_FILE = "metadata.json"  # categories and per-split video lists (TFDS writes it from info.metadata)
+INFO_FILE = "dataset_info.json"  # TFDS's own description of the splits and their record files
+
+
+def prepared_dir(data_dir: str | os.PathLike[str], name: str) -> Path:
+  """Where `name` (a builder config) lives under a TFDS data dir once prepared (TFDS's own layout, so that
+  `tfds.builder("vis_videos/<name>", data_dir=...)` finds it too)."""
+  return Path(data_dir) / tfds_builder.BUILDER_NAME / name / tfds_builder.DATA_VERSION
+
+
+def read_metadata(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
+  """The categories and per-split video lists of a prepared data set (its metadata.json)."""
+  path = Path(dataset_dir) / METADATA_FILE
+  if not path.is_file():
+    raise InputError(f"{path}: not a prepared {tfds_builder.BUILDER_NAME} data set; run maskprop_jax.data.prepare")
+  return files.read_json(path, f"prepared {tfds_builder.BUILDER_NAME} metadata")
+
+
+def split_info(dataset_dir: str | os.PathLike[str], split: str) -> dict[str, Any]:
+  """The split's entry of the metadata: video_ids, num_frames (record order) and has_annotations."""
+  splits = read_metadata(dataset_dir)["splits"]
+  if split not in splits:
+    raise InputError(f"{dataset_dir}: no split {split!r} (prepared splits: {', '.join(sorted(splits))})")
+  return splits[split]
+
 
 def is_prepared(data_dir: str | os.PathLike[str], name: str, split: str) -> bool:
-  metadata_file = tfds_builder.prepared_dir(data_dir, name) / "metadata.json"
-  if not metadata_file.exists():
-    return False
-  return split in tfds_builder.read_metadata(metadata_file.parent)["splits"]
+  dataset_dir = prepared_dir(data_dir, name)
+  return (dataset_dir / METADATA_FILE).exists() and split in read_metadata(dataset_dir)["splits"]
+
+
+def open_records(dataset_dir: str | os.PathLike[str], split: str) -> Any:
+  """Random access (len, [i]) over the split's video records, decoded to numpy; no frame is decoded."""
+  split_info(dataset_dir, split)
+  return tfds.builder_from_directory(str(dataset_dir)).as_data_source(split)
 
 
 def ensure_prepared(
@@ -49,7 +84,7 @@ def ensure_prepared(
     raise InputError(f"unknown data set name {name!r}; choose one of {', '.join(tfds_builder.CONFIG_DESCRIPTIONS)}")
   if not is_prepared(data_dir, name, split):
     prepare_split(data_dir, name, split, images_dir=images_dir, annotation_file=annotation_file)
-  return tfds_builder.prepared_dir(data_dir, name)
+  return prepared_dir(data_dir, name)
 
 
 def prepare_split(
@@ -67,12 +102,8 @@ def prepare_split(
   data_dir.mkdir(parents=True, exist_ok=True)
   scratch = Path(tempfile.mkdtemp(prefix=".prepare-", dir=data_dir))
   try:
-    builder = tfds_builder.VisVideos(
-        config=name, data_dir=str(scratch), file_format="array_record", sources={split: dataset}
-    )
-    builder.download_and_prepare(download_dir=str(scratch / "downloads"))
-    built = tfds_builder.prepared_dir(scratch, name)
-    target = tfds_builder.prepared_dir(data_dir, name)
+    built = tfds_builder.build(scratch, name, split, dataset)
+    target = prepared_dir(data_dir, name)
     if target.exists():
       _merge_split(built, target, split)
     else:
@@ -85,20 +116,14 @@ def prepare_split(
       data_dir.rmdir()  # A failed first preparation leaves no empty output folder behind.
 
 
-def _write_json_atomically(path: Path, value: Any) -> None:
-  partial = path.with_name(path.name + ".partial")
-  partial.write_text(json.dumps(value, indent=2))
-  os.replace(partial, path)
-
-
 def _merge_split(built: Path, target: Path, split: str) -> None:
   """Moves a freshly built split into an already prepared data set.
 
   The split's record files go first and the split lists last (dataset_info.json for tfds, then metadata.json,
   which `is_prepared` reads), so an interruption leaves at worst unlisted files, never a listed partial split.
   """
-  new_metadata = tfds_builder.read_metadata(built)
-  metadata = tfds_builder.read_metadata(target)
+  new_metadata = read_metadata(built)
+  metadata = read_metadata(target)
   if new_metadata["categories"] != metadata["categories"]:
     raise InputError(
         f"split {split!r} has other categories than the splits already prepared in {target}; "
@@ -109,13 +134,13 @@ def _merge_split(built: Path, target: Path, split: str) -> None:
     if record_file.name.startswith(prefix):
       os.replace(record_file, target / record_file.name)
 
-  info = json.loads((target / "dataset_info.json").read_text())
-  new_info = json.loads((built / "dataset_info.json").read_text())
+  info = files.read_json(target / INFO_FILE, "TFDS dataset info")
+  new_info = files.read_json(built / INFO_FILE, "TFDS dataset info")
   kept = [entry for entry in info["splits"] if entry["name"] != split]
   info["splits"] = kept + [entry for entry in new_info["splits"] if entry["name"] == split]
-  _write_json_atomically(target / "dataset_info.json", info)
+  files.write_json(target / INFO_FILE, info, indent=2)
   metadata["splits"][split] = new_metadata["splits"][split]
-  _write_json_atomically(target / "metadata.json", metadata)
+  files.write_json(target / METADATA_FILE, metadata, indent=2)
 
 
 @report_input_errors
@@ -128,13 +153,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--split", default="train", help="split name, e.g. train or valid")
   args = parser.parse_args(argv)
   if is_prepared(args.data_dir, args.name, args.split):
-    target = tfds_builder.prepared_dir(args.data_dir, args.name)
+    target = prepared_dir(args.data_dir, args.name)
     print(f"{target}: split {args.split!r} is already prepared, reusing it")
     return
   target = ensure_prepared(
       args.data_dir, args.name, args.split, images_dir=args.images, annotation_file=args.annotations
   )
-  info = tfds_builder.split_info(target, args.split)
+  info = split_info(target, args.split)
   print(f"{target}: split {args.split!r} with {len(info['video_ids'])} videos, {sum(info['num_frames'])} frames")
 
 

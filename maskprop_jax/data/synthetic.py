@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from maskprop_jax.data import masks
+from maskprop_jax import rle
 from maskprop_jax.data.synthetic_shapes import CATEGORIES, SUPERCATEGORY, background, object_coordinates, \
     paint_colours
 from maskprop_jax.errors import InputError, report_input_errors
@@ -205,10 +205,10 @@ def _track_annotation(track_id: int, video_id: int, category_id: int, visible: n
       bboxes.append(None)
       areas.append(None)
       continue
-    rle = masks.encode(mask)
-    segmentations.append(rle)
-    bboxes.append(masks.bbox(rle))
-    areas.append(masks.area(rle))
+    encoded = rle.encode(mask)
+    segmentations.append(encoded)
+    bboxes.append(rle.bbox(encoded))
+    areas.append(rle.area(encoded))
   return {"id": track_id, "video_id": video_id, "category_id": category_id, "iscrowd": 0, "length": 1,
           "height": int(visible.shape[1]), "width": int(visible.shape[2]),
           "segmentations": segmentations, "bboxes": bboxes, "areas": areas}

@@ -16,13 +16,14 @@ Record layout (one per video, records ordered by video id):
     rle_counts [F] text        compressed RLE counts, "" where `present` is False
     present    [F] bool        the track has a non-empty mask in that frame
 
-The data set's metadata.json holds the categories and, per split, the video ids and frame counts in record order,
-so a pipeline can enumerate (video, frame) pairs without reading any record.
+The builder only builds: `build` writes one split into a TFDS data dir and says where. Where prepared records live,
+which splits they hold, merging splits and reading them back belong to prepare.py. The data set's metadata.json
+(written by TFDS from `info.metadata`) holds the categories and, per split, the video ids and frame counts in
+record order, so a pipeline can enumerate (video, frame) pairs without reading any record.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -45,7 +46,7 @@ CONFIG_DESCRIPTIONS = {
 
 class VisVideos(tfds.core.GeneratorBasedBuilder):
   """YouTube-VIS-format videos; each split comes from a loaded annotation file with its image_dir (nothing is
-  downloaded). Read a prepared copy with `tfds.builder_from_directory(prepared_dir(...))`, no sources needed."""
+  downloaded). prepare.open_records reads a prepared copy back, no sources needed."""
 
   VERSION = tfds.core.Version(DATA_VERSION)
   RELEASE_NOTES = {DATA_VERSION: "One record per video: encoded frames and RLE tracks."}
@@ -163,29 +164,9 @@ def split_metadata(dataset: ytvis.YTVISDataset) -> dict[str, Any]:
   }
 
 
-def prepared_dir(data_dir: str | Path, name: str) -> Path:
-  """Where `name` (a builder config) lives under a TFDS data dir once prepared."""
-  return Path(data_dir) / BUILDER_NAME / name / DATA_VERSION
-
-
-def read_metadata(dataset_dir: str | Path) -> dict[str, Any]:
-  """The categories and per-split video lists of a prepared data set (its metadata.json)."""
-  path = Path(dataset_dir) / "metadata.json"
-  try:
-    return json.loads(path.read_text())
-  except (OSError, json.JSONDecodeError) as e:
-    raise InputError(f"{path}: not a prepared {BUILDER_NAME} data set ({e}); run maskprop_jax.data.prepare") from e
-
-
-def split_info(dataset_dir: str | Path, split: str) -> dict[str, Any]:
-  """The split's entry of the metadata: video_ids, num_frames (record order) and has_annotations."""
-  splits = read_metadata(dataset_dir)["splits"]
-  if split not in splits:
-    raise InputError(f"{dataset_dir}: no split {split!r} (prepared splits: {', '.join(sorted(splits))})")
-  return splits[split]
-
-
-def open_records(dataset_dir: str | Path, split: str) -> Any:
-  """Random access (len, [i]) over the split's video records, decoded to numpy; no frame is decoded."""
-  split_info(dataset_dir, split)
-  return tfds.builder_from_directory(str(dataset_dir)).as_data_source(split)
+def build(data_dir: str | Path, name: str, split: str, dataset: ytvis.YTVISDataset) -> Path:
+  """Writes `split` of the builder config `name` as array_record files under the TFDS data dir `data_dir`;
+  returns the folder TFDS wrote (its records, dataset_info.json and metadata.json)."""
+  builder = VisVideos(config=name, data_dir=str(data_dir), file_format="array_record", sources={split: dataset})
+  builder.download_and_prepare(download_dir=str(Path(data_dir) / "downloads"))
+  return Path(builder.data_dir)

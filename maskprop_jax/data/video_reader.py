@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from maskprop_jax.data import tfds_builder
+from maskprop_jax.data import prepare
 from maskprop_jax.data import ytvis
 from maskprop_jax.errors import InputError
 
@@ -89,7 +89,7 @@ def _text(value: bytes | str) -> str:
 
 
 def video_from_record(record: dict) -> VideoFrames:
-  """A video record of a prepared split (as `tfds_builder.open_records` returns it)."""
+  """A video record of a prepared split (as `prepare.open_records` returns it)."""
   video_id, name = int(record["video_id"]), _text(record["name"])
   frame_names = tuple(_text(f) for f in record["file_names"])
   if not frame_names:
@@ -104,7 +104,7 @@ def video_from_record(record: dict) -> VideoFrames:
 
 def videos_from_records(data_dir: str | os.PathLike[str], name: str, split: str) -> Iterator[VideoFrames]:
   """Every video of a prepared split, in video-id order; a record is read only when its turn comes."""
-  records = tfds_builder.open_records(tfds_builder.prepared_dir(data_dir, name), split)
+  records = prepare.open_records(prepare.prepared_dir(data_dir, name), split)
   for index in range(len(records)):
     yield video_from_record(records[index])
 

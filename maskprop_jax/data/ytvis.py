@@ -3,7 +3,8 @@
 A file holds `videos` (frame file names per video), `categories` and, for splits with ground truth,
 `annotations`: one track per object with a segmentation, box and area per frame of its video (null where the
 object is absent). `load_ytvis` checks everything that later stages rely on and raises `InputError` naming the
-file, video and frame at fault; masks are normalized to compressed RLE with str counts (see masks.py).
+file, video and frame at fault (the file's structure is checked by evaluation/ytvis_json.py, the parser the
+evaluator uses too); masks are normalized to compressed RLE with str counts (see maskprop_jax/rle.py).
 
   python -m maskprop_jax.data.ytvis --annotations train.json [--images train/JPEGImages] [--check-images]
 """
@@ -13,39 +14,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from maskprop_jax.data import masks
+from maskprop_jax import rle
 from maskprop_jax.errors import InputError, report_input_errors
-
-
-@dataclasses.dataclass(frozen=True)
-class Video:
-  id: int
-  width: int
-  height: int
-  file_names: tuple[str, ...]  # relative to the image directory, e.g. "0043f083b5/00000.jpg"
-
-  @property
-  def length(self) -> int:
-    return len(self.file_names)
-
-  @property
-  def name(self) -> str:
-    """The video's folder name, e.g. "0043f083b5"."""
-    return os.path.dirname(self.file_names[0]) or str(self.id)
-
-
-@dataclasses.dataclass(frozen=True)
-class Category:
-  id: int
-  name: str
-  supercategory: str
+from maskprop_jax.evaluation import ytvis_json
+from maskprop_jax.evaluation.ytvis_json import Category, Video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,122 +67,32 @@ class YTVISDataset:
     return self.category_ids.index(category_id) + 1
 
 
-def _video_where(path: str, video: Video) -> str:
-  return f"{path}: video {video.id} ({video.name!r})"
-
-
 def _frame_where(path: str, video: Video, index: int) -> str:
-  return f"{_video_where(path, video)}, frame {index} ({video.file_names[index]!r})"
+  return f"{path}: {video.label}, {video.frame_label(index)}"
 
 
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, "rb") as f:
-      return json.load(f)
-  except FileNotFoundError as e:
-    raise InputError(f"{path}: annotation file not found") from e
-  except json.JSONDecodeError as e:
-    raise InputError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-  except UnicodeDecodeError as e:
-    raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-  except OSError as e:
-    raise InputError(f"{path}: cannot read annotation file: {e.strerror or e}") from e
-
-
-def _require(entry: Any, keys: Sequence[str], where: str) -> None:
-  if not isinstance(entry, dict):
-    raise InputError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-  missing = [key for key in keys if key not in entry]
-  if missing:
-    raise InputError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)}")
-
-
-def _parse_video(entry: Any, path: str, position: int) -> Video:
-  where = f"{path}: videos[{position}]"
-  _require(entry, ("id", "width", "height", "file_names"), where)
-  where = f"{path}: video {entry['id']}"
-  file_names = entry["file_names"]
-  if not isinstance(file_names, list) or not all(isinstance(name, str) for name in file_names):
-    raise InputError(f"{where}: `file_names` must be a list of strings")
-  if not file_names:
-    raise InputError(f"{where}: the video has no frames (`file_names` is empty)")
-  where = f"{where} ({os.path.dirname(file_names[0])!r})"
-  if "length" in entry and entry["length"] != len(file_names):
-    raise InputError(f"{where}: `length` is {entry['length']} but `file_names` lists {len(file_names)} frames")
-  for key in ("width", "height"):
-    if not isinstance(entry[key], int) or entry[key] <= 0:
-      raise InputError(f"{where}: `{key}` must be a positive integer, got {entry[key]!r}")
-  return Video(id=entry["id"], width=entry["width"], height=entry["height"], file_names=tuple(file_names))
-
-
-def _parse_category(entry: Any, path: str, position: int) -> Category:
-  _require(entry, ("id", "name"), f"{path}: categories[{position}]")
-  return Category(id=entry["id"], name=str(entry["name"]), supercategory=str(entry.get("supercategory", "")))
-
-
-def _per_frame_list(entry: dict[str, Any], key: str, video: Video, where: str) -> list[Any] | None:
-  values = entry.get(key)
-  if values is None:
-    return None
-  if not isinstance(values, list):
-    raise InputError(f"{where}: `{key}` must be a list with one entry per frame")
-  if len(values) != video.length:
-    raise InputError(f"{where}: `{key}` has {len(values)} entries but the video has {video.length} frames")
-  return values
-
-
-def _is_number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _parse_track(entry: Any, path: str, position: int, videos: dict[int, Video],
-                 categories: dict[int, Category]) -> Track:
-  _require(entry, ("id", "video_id", "category_id", "segmentations"), f"{path}: annotations[{position}]")
-  where = f"{path}: annotation {entry['id']}"
-  video = videos.get(entry["video_id"])
-  if video is None:
-    raise InputError(f"{where}: unknown video id {entry['video_id']!r}")
-  if entry["category_id"] not in categories:
-    raise InputError(f"{where} in video {video.id} ({video.name!r}): unknown category id {entry['category_id']!r}")
-  where = f"{where} in video {video.id} ({video.name!r})"
-  raw_segmentations = _per_frame_list(entry, "segmentations", video, where)
-  if raw_segmentations is None:
-    raise InputError(f"{where}: `segmentations` is null")
-  given_bboxes = _per_frame_list(entry, "bboxes", video, where)
-  given_areas = _per_frame_list(entry, "areas", video, where)
-
-  try:
-    segmentations, mask_areas = masks.normalize_frames(raw_segmentations, video.height, video.width)
-  except masks.FrameMaskError as e:
-    raise InputError(f"{_frame_where(path, video, e.frame)}, annotation {entry['id']}: {e}") from e
+def _parse_track(annotation: ytvis_json.Annotation) -> Track:
+  """Masks with every run checked, as decoding needs (an empty mask counts as absent); boxes and areas as the
+  file gives them, else measured on the masks."""
+  video = annotation.video
+  segmentations, mask_areas = rle.normalize_frames(annotation.segmentations, video.height, video.width,
+                                                   annotation.frame_where)
+  given_bboxes = ytvis_json.per_frame_list(annotation.entry, "bboxes", video, annotation.where)
   bboxes, areas = [], []
-  for index, (rle, mask_area) in enumerate(zip(segmentations, mask_areas)):
-    if rle is None:
+  for index, (mask, mask_area) in enumerate(zip(segmentations, mask_areas)):
+    if mask is None:
       bboxes.append(None)
       areas.append(None)
       continue
     bbox = given_bboxes[index] if given_bboxes is not None else None
-    area = given_areas[index] if given_areas is not None else None
-    if not (bbox is None or (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox))):
-      raise InputError(f"{_frame_where(path, video, index)}, annotation {entry['id']}: "
-                       f"a bbox must be [x, y, w, h], got {bbox!r}")
-    if not (area is None or _is_number(area)):
-      raise InputError(f"{_frame_where(path, video, index)}, annotation {entry['id']}: "
-                       f"an area must be a number, got {area!r}")
-    bboxes.append([float(v) for v in bbox] if bbox is not None else masks.bbox(rle))
+    if not (bbox is None or (isinstance(bbox, list) and len(bbox) == 4 and all(map(ytvis_json.is_number, bbox)))):
+      raise InputError(f"{annotation.frame_where(index)}: a bbox must be [x, y, w, h], got {bbox!r}")
+    area = annotation.areas[index] if annotation.areas is not None else None
+    bboxes.append([float(v) for v in bbox] if bbox is not None else rle.bbox(mask))
     areas.append(float(area) if area is not None else float(mask_area))
-  return Track(id=entry["id"], video_id=video.id, category_id=entry["category_id"],
+  return Track(id=annotation.id, video_id=video.id, category_id=annotation.category_id,
                segmentations=tuple(segmentations), bboxes=tuple(bboxes), areas=tuple(areas),
-               iscrowd=bool(entry.get("iscrowd", 0)))
-
-
-def _unique_by_id(items: list[Any], kind: str, path: str) -> dict[int, Any]:
-  by_id: dict[int, Any] = {}
-  for item in items:
-    if item.id in by_id:
-      raise InputError(f"{path}: {kind} id {item.id} appears more than once")
-    by_id[item.id] = item
-  return by_id
+               iscrowd=annotation.iscrowd)
 
 
 def default_image_dir(annotation_file: str) -> str | None:
@@ -229,25 +117,17 @@ def load_ytvis(annotation_file: str | os.PathLike[str], image_dir: str | os.Path
   and its size compared with the video's (slow on full data sets: it reads every JPEG).
   """
   path = os.fspath(annotation_file)
-  data = _read_json(path)
-  _require(data, ("videos", "categories"), f"{path}: top level")
-  for key in ("videos", "categories"):
-    if not isinstance(data[key], list):
-      raise InputError(f"{path}: `{key}` must be a list")
-  videos = _unique_by_id([_parse_video(v, path, i) for i, v in enumerate(data["videos"])], "video", path)
-  categories = _unique_by_id(
-      [_parse_category(c, path, i) for i, c in enumerate(data["categories"])], "category", path)
-  annotations = data.get("annotations")
-  if annotations is not None and not isinstance(annotations, list):
-    raise InputError(f"{path}: `annotations` must be a list or null")
-  tracks = [_parse_track(a, path, i, videos, categories) for i, a in enumerate(annotations or [])]
-  _unique_by_id(tracks, "annotation", path)
-
+  content = ytvis_json.read(path, "annotation")
+  for video in content.videos.values():
+    if not video.file_names:
+      raise InputError(f"{path}: {video.label}: no 'file_names' (the files of its frames)")
+  tracks = [_parse_track(annotation) for annotation in content.annotations or []]
   resolved_image_dir = os.fspath(image_dir) if image_dir is not None else default_image_dir(path)
-  dataset = YTVISDataset(path=path, image_dir=resolved_image_dir, videos=videos, categories=categories,
-                         tracks=tracks, has_annotations=annotations is not None)
+  dataset = YTVISDataset(path=path, image_dir=resolved_image_dir, videos=content.videos,
+                         categories=content.categories, tracks=tracks,
+                         has_annotations=content.annotations is not None)
   if check_images:
-    for video in videos.values():
+    for video in dataset.videos.values():
       for index in range(video.length):
         read_frame(dataset, video, index)
   return dataset

@@ -1,6 +1,7 @@
 """YouTube-VIS video AP evaluation and results files, with the numbers of the official evaluator.
 
-This package imports only numpy and pycocotools, so scoring a file never loads jax or TensorFlow.
+This package imports numpy, pycocotools and the package's top-level helpers only (nothing of data/), so scoring a
+file never loads jax or TensorFlow. data/ reads annotation files with this package's parser (ytvis_json.py).
 
   stats = evaluate("valid.json", "results.json")  # {"AP": ..., "AP50": ..., ..., "ARl": ...}
   write_results(tracks, "submission.zip")          # results.json inside, for the YouTube-VIS servers

@@ -12,9 +12,9 @@ import argparse
 import json
 import sys
 
+from maskprop_jax import files
 from maskprop_jax.errors import report_input_errors
 from maskprop_jax.evaluation import evaluate_tracks, load_ground_truth, load_results, write_results
-from maskprop_jax.evaluation.results import write_atomically
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
   stats = evaluate_tracks(ground_truth, predictions, per_category=args.per_category)
   text = json.dumps(stats)
   if args.output:
-    write_atomically(args.output, (text + "\n").encode())
+    files.write_atomically(args.output, text + "\n")
   if args.zip:
     write_results([{"video_id": t.video_id, "category_id": t.category_id, "score": t.score,
                     "segmentations": t.rles} for t in predictions], args.zip, ground_truth.videos)

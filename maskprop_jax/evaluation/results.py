@@ -13,16 +13,18 @@ import io
 import json
 import math
 import os
-import tempfile
 import zipfile
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from maskprop_jax import files
+from maskprop_jax import rle as rle_lib
 from maskprop_jax.errors import InputError
-from maskprop_jax.evaluation import rle as rle_lib
-from maskprop_jax.evaluation.ground_truth import GroundTruth, read_json
-from maskprop_jax.evaluation.tracks import Track, Video, average_area, frame_areas
+from maskprop_jax.evaluation import ytvis_json
+from maskprop_jax.evaluation.ground_truth import GroundTruth
+from maskprop_jax.evaluation.tracks import Track, average_area, frame_areas
+from maskprop_jax.evaluation.ytvis_json import Video
 
 RESULTS_NAME_IN_ZIP = "results.json"
 
@@ -45,7 +47,7 @@ def load_results(results: str | os.PathLike | list[Any], ground_truth: GroundTru
   if isinstance(results, list):
     source, entries = "<results>", results
   else:
-    source, entries = os.fspath(results), read_json(results, "results")
+    source, entries = os.fspath(results), files.read_json(results, "results")
   if not isinstance(entries, list):
     raise InputError(f"{source}: a results file must be a JSON list of predictions")
   _check_video_ids(entries, ground_truth, source)
@@ -58,12 +60,8 @@ def load_results(results: str | os.PathLike | list[Any], ground_truth: GroundTru
       raise InputError(f"{where} has category {category_id!r}, which is not in {ground_truth.source}")
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
       raise InputError(f"{where} has score {score!r}; scores must be finite numbers")
-    segmentations = entry.get("segmentations")
-    if not isinstance(segmentations, list) or len(segmentations) != video.length:
-      got = len(segmentations) if isinstance(segmentations, list) else type(segmentations).__name__
-      raise InputError(f"{where}: 'segmentations' must list one RLE or null per frame of the video "
-                       f"({video.length}), got {got}")
-    rles = rle_lib.track_to_compressed(segmentations, video.height, video.width, where)
+    segmentations = ytvis_json.per_frame_list(entry, "segmentations", video, where, required=True)
+    rles = rle_lib.track_to_compressed(segmentations, video.height, video.width, _frames_of(where, video))
     parsed.append((video.id, category_id, float(score), rles))
   tracks = []
   for i, ((video_id, category_id, score, rles), areas) in enumerate(
@@ -71,6 +69,11 @@ def load_results(results: str | os.PathLike | list[Any], ground_truth: GroundTru
     tracks.append(Track(id=i + 1, video_id=video_id, category_id=category_id, rles=rles, areas=areas,
                         avg_area=average_area(areas.tolist()), score=score))
   return tracks
+
+
+def _frames_of(where: str, video: Video) -> Callable[[int], str]:
+  """Names a frame of a prediction in messages."""
+  return lambda index: f"{where}, {video.frame_label(index)}"
 
 
 def _check_video_ids(entries: list[Any], ground_truth: GroundTruth, source: str) -> None:
@@ -117,23 +120,7 @@ def write_results(tracks: Iterable[PredictedTrack | Mapping[str, Any]], path: st
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
       archive.writestr(RESULTS_NAME_IN_ZIP, payload)
     payload = buffer.getvalue()
-  write_atomically(path, payload)
-
-
-def write_atomically(path: str | os.PathLike, payload: bytes) -> None:
-  """The file appears complete or not at all: written next to its destination, then renamed over it."""
-  path = os.fspath(path)
-  try:
-    fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-  except OSError as e:
-    raise InputError(f"{path}: cannot write here ({e.strerror})") from None
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(payload)
-    os.replace(tmp_path, path)
-  except BaseException:
-    os.unlink(tmp_path)
-    raise
+  files.write_atomically(path, payload)
 
 
 def _field(track: PredictedTrack | Mapping[str, Any], key: str) -> Any:
@@ -176,4 +163,4 @@ def _frame_rle(mask: np.ndarray | Mapping[str, Any] | None, video: Video | None,
     raise InputError(f"{where}: mask values must be 0 or 1, found {mask.min()}..{mask.max()}")
   if not mask.any():
     return None
-  return rle_lib.encode_mask(mask)
+  return rle_lib.encode(mask)

@@ -1,4 +1,4 @@
-"""Videos and video-level tracks (ground truth or predicted) in the form the evaluator scores them."""
+"""Video-level tracks (ground truth or predicted) in the form the evaluator scores them."""
 
 from __future__ import annotations
 
@@ -7,16 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from maskprop_jax.evaluation import rle as rle_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class Video:
-  id: int
-  name: str  # folder of its frames, for messages
-  height: int
-  width: int
-  length: int  # number of frames
+from maskprop_jax import rle as rle_lib
 
 
 @dataclasses.dataclass

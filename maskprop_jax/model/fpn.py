@@ -15,6 +15,14 @@ from flax import nnx
 
 from maskprop_jax.model.resnet import FrozenBatchNorm, ResNet, ResNetSpec
 
+# Strides of P2..P6 in pixels of the padded input (its size is a multiple of size_divisible, 32: P2..P5 tile it).
+FPN_STRIDES = (4, 8, 16, 32, 64)
+
+
+def input_hw(levels: Sequence[jax.Array]) -> tuple[int, int]:
+  """Static (H, W) of the padded input that FPN levels P2..P6 [B, h, w, C] were computed from."""
+  return levels[0].shape[1] * FPN_STRIDES[0], levels[0].shape[2] * FPN_STRIDES[0]
+
 
 def resize_nearest(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:  # [B, h, w, C] -> [B, H, W, C]
   """torch's F.interpolate(mode="nearest", size=...): source index floor(dst * in / out), clamped."""

@@ -8,6 +8,11 @@
 Training: `model.train()` then `model.losses(images, image_hw, gt, key)` returns torchvision's five losses. The
 frozen batch norms of the backbone never update; the v2 heads' batch norms use batch statistics in train mode.
 Parity tests inject torchvision's random choices (proposals, sampled anchors, sampled RoIs) through `losses`.
+
+Features-level API, for models that run the backbone themselves (MaskProp runs it once on every frame of a clip
+and the heads on the center frames only): `features(canvases, image_hw)` (uint8 canvases, normalised here),
+`detect_from_features`, `losses_from_features` and `box_mask_probs`. `__call__` and `losses` are the backbone
+on preprocessed (normalised, padded) images followed by `detect_from_features` and `losses_from_features`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from maskprop_jax.model.anchors import AnchorGenerator
 from maskprop_jax.model.config import input_format, resnet_spec
 from maskprop_jax.model.fpn import BackboneWithFPN
 from maskprop_jax.model.paste_masks import paste_masks_in_image
-from maskprop_jax.model.roi_heads import Detections, RoIHeads
+from maskprop_jax.model.roi_heads import Detections, RoIHeads, select_class_masks
 from maskprop_jax.model.rpn import AnchorSample, Proposals, RegionProposalNetwork
 from maskprop_jax.model.transform import normalize, padded_hw, preprocess_image, resize_boxes, resized_hw
 
@@ -74,20 +79,37 @@ class MaskRCNN(nnx.Module):
       images = images.astype(jnp.float32) / jnp.float32(255.0)
     return normalize(images, input_format(self.cfg))
 
+  def features(self, images: jax.Array, image_hw: jax.Array) -> list[jax.Array]:
+    """FPN levels P2..P6 [N, h, w, C] of RGB canvases [N, H, W, 3] (uint8 or [0, 1] float, not normalised) whose
+    content is image_hw [N, 2].
+
+    As torchvision's transform pads after normalising, the canvas beyond each image is zero after normalisation.
+    """
+    x = self.normalize(images)
+    height, width = images.shape[1:3]
+    inside = ((jnp.arange(height)[None, :, None] < image_hw[:, 0, None, None])
+              & (jnp.arange(width)[None, None, :] < image_hw[:, 1, None, None]))  # [N, H, W]
+    return self.backbone(jnp.where(inside[..., None], x, 0.0))
+
   def proposals(self, images: jax.Array, image_hw: jax.Array) -> tuple[list[jax.Array], Proposals]:
     """Inference up to the RPN: FPN levels P2..P6 and the proposals [B, post_nms_top_n_test]."""
     features = self.backbone(images)
     proposals, _ = self.rpn(features, image_hw, images.shape[1:3])
     return features, proposals
 
+  def detect_from_features(self, features: Sequence[jax.Array], image_hw: jax.Array,
+                           canvas_hw: tuple[int, int]) -> Detections:
+    """Inference from FPN levels P2..P6 [B, h, w, C] of padded inputs of static size canvas_hw (H, W) whose content
+    is image_hw [B, 2]: the RPN's proposals, then the RoI heads' detections (see __call__)."""
+    proposals, _ = self.rpn(features, image_hw, canvas_hw)
+    return self.roi_heads.detect(features[:NUM_POOLED_LEVELS], proposals.boxes, proposals.valid, image_hw, canvas_hw)
+
   def __call__(self, images: jax.Array, image_hw: jax.Array) -> Detections:
     """Detections of normalised, padded images [B, H, W, 3] whose content is image_hw [B, 2].
 
     Boxes are in pixels of the resized input; masks are 28x28 probabilities in box coordinates (see postprocess).
     """
-    features, proposals = self.proposals(images, image_hw)
-    return self.roi_heads.detect(
-      features[:NUM_POOLED_LEVELS], proposals.boxes, proposals.valid, image_hw, images.shape[1:3])
+    return self.detect_from_features(self.backbone(images), image_hw, images.shape[1:3])
 
   def losses(
     self,
@@ -100,10 +122,28 @@ class MaskRCNN(nnx.Module):
     anchor_sample: AnchorSample | None = None,
     roi_sample: tuple[jax.Array, jax.Array] | None = None,
   ) -> dict[str, jax.Array]:
+    """torchvision's training losses of normalised, padded images [B, H, W, 3] with content size image_hw
+    [B, 2]: the backbone, then `losses_from_features` (see there for the other arguments)."""
+    return self.losses_from_features(self.backbone(images), image_hw, images.shape[1:3], gt, key,
+                                     proposals=proposals, anchor_sample=anchor_sample, roi_sample=roi_sample)
+
+  def losses_from_features(
+    self,
+    features: Sequence[jax.Array],
+    image_hw: jax.Array,
+    input_hw: tuple[int, int],
+    gt: GroundTruth,
+    key: jax.Array | None,
+    *,
+    proposals: Proposals | None = None,
+    anchor_sample: AnchorSample | None = None,
+    roi_sample: tuple[jax.Array, jax.Array] | None = None,
+  ) -> dict[str, jax.Array]:
     """torchvision's training losses: loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg, loss_mask.
 
     Args:
-      images: normalised, padded [B, H, W, 3]; image_hw: [B, 2] content size.
+      features: FPN levels P2..P6 [B, h, w, C] of padded inputs of static size input_hw (H, W);
+        image_hw: [B, 2] content size.
       gt: padded targets in the padded input frame.
       key: PRNG key for the anchor and RoI samples (may be None when both are injected).
       proposals: use these instead of the RPN's (parity tests inject torchvision's).
@@ -111,17 +151,23 @@ class MaskRCNN(nnx.Module):
         into each image's [proposals; gt] list.
     """
     rpn_key, roi_key = jax.random.split(key) if key is not None else (None, None)
-    features = self.backbone(images)
     own_proposals, rpn_losses = self.rpn(
-      features, image_hw, images.shape[1:3], training=True, gt_boxes=gt.boxes, gt_valid=gt.valid, key=rpn_key,
+      features, image_hw, input_hw, training=True, gt_boxes=gt.boxes, gt_valid=gt.valid, key=rpn_key,
       sample=anchor_sample)
     proposals = own_proposals if proposals is None else proposals
     sampled_index, sampled_valid = roi_sample if roi_sample is not None else (None, None)
     roi_losses, _ = self.roi_heads.losses(
       features[:NUM_POOLED_LEVELS], proposals.boxes, proposals.valid, gt_boxes=gt.boxes, gt_labels=gt.labels,
-      gt_masks=gt.masks, gt_valid=gt.valid, image_hw=image_hw, input_hw=images.shape[1:3], key=roi_key,
+      gt_masks=gt.masks, gt_valid=gt.valid, image_hw=image_hw, input_hw=input_hw, key=roi_key,
       sampled_index=sampled_index, sampled_valid=sampled_valid)
     return {**rpn_losses, **roi_losses}
+
+  def box_mask_probs(self, features: Sequence[jax.Array], boxes: jax.Array, labels: jax.Array, valid: jax.Array,
+                     input_hw: tuple[int, int]) -> jax.Array:
+    """The mask head on given boxes [B, R, 4] (valid [B, R]) of FPN levels P2..P6 of padded inputs of static size
+    input_hw: probabilities [B, R, M, M] in box coordinates of each box's class labels [B, R] (1..K-1)."""
+    mask_logits = self.roi_heads.mask_logits(features[:NUM_POOLED_LEVELS], boxes, valid, input_hw)
+    return select_class_masks(mask_logits, labels)
 
 
 def build_mask_rcnn(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs | None = None) -> MaskRCNN:

@@ -6,8 +6,12 @@ that drive propagation are the mask head's predictions for the ground-truth boxe
 torchvision's RoI heads always include, matched to their ground truth with IoU 1), and the propagated masks are
 scored with the soft-IoU loss against the same track's mask in each reference frame (empty where it is absent).
 
-Inference (`features`, `detect`, `propagate`) is split so that inference.py can compute each frame's features
-once and reuse them across the clips that share the frame.
+Inference (`features`, `detect`, `propagate`) is split so that inference/predictor.py can compute each frame's features
+once and reuse them across the clips that share the frame. Both compose the detector's features-level API
+(mask_rcnn.MaskRCNN.features, detect_from_features, losses_from_features, box_mask_probs).
+
+Grids: propagation reads the FPN level `propagation.level` (stride `feature_stride(config)`) and writes masks
+`propagation.upsample` times finer, on the mask grid of stride `mask_stride(config)`, the only place it is derived.
 """
 
 from __future__ import annotations
@@ -19,15 +23,22 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 
-from maskprop_jax.model import mask_rcnn, propagation, transform
+from maskprop_jax.model import fpn, mask_rcnn, propagation, transform
+from maskprop_jax.model.fpn import FPN_STRIDES  # noqa: F401  (maskprop.FPN_STRIDES: part of this module's API)
 from maskprop_jax.model.paste_masks import paste_masks_in_image
-from maskprop_jax.model.roi_heads import select_class_masks
 
-FPN_STRIDES = (4, 8, 16, 32, 64)
+
+def feature_stride(config: ml_collections.ConfigDict) -> int:
+  """Stride of the FPN level that propagation reads (config: the model config, with `propagation`)."""
+  return FPN_STRIDES[config.propagation.level]
+
+
+def mask_stride(config: ml_collections.ConfigDict) -> int:
+  """Stride of the mask grid that propagation writes (and linking reads): `upsample` cells per feature cell."""
+  return feature_stride(config) // config.propagation.upsample
 
 
 class ClipDetections(NamedTuple):
@@ -55,7 +66,7 @@ class InputGeometry:
     detector = config.detector.input
     resized = transform.resized_hw(tuple(video_hw), detector.min_size, detector.max_size)
     canvas = transform.padded_hw(resized, detector.size_divisible)
-    stride = FPN_STRIDES[config.propagation.level] // config.propagation.upsample
+    stride = mask_stride(config)
     return cls(tuple(video_hw), resized, canvas, (math.ceil(resized[0] / stride), math.ceil(resized[1] / stride)))
 
 
@@ -64,9 +75,9 @@ class MaskProp(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     upsample = config.propagation.upsample
-    if upsample < 1 or FPN_STRIDES[config.propagation.level] % upsample:
+    if upsample < 1 or feature_stride(config) % upsample:
       raise ValueError(f"propagation.upsample={upsample} must be a positive divisor of the stride "
-                       f"{FPN_STRIDES[config.propagation.level]} of FPN level {config.propagation.level}")
+                       f"{feature_stride(config)} of FPN level {config.propagation.level}")
     self.config = ml_collections.FrozenConfigDict(config)
     self.detector = mask_rcnn.MaskRCNN(config.detector, rngs=rngs)
     p = config.propagation
@@ -87,23 +98,16 @@ class MaskProp(nnx.Module):
   @property
   def stride(self) -> int:
     """Stride of the features that propagation reads."""
-    return FPN_STRIDES[self.config.propagation.level]
+    return feature_stride(self.config)
 
   @property
   def mask_stride(self) -> int:
     """Stride of the mask grid that propagation writes (and linking reads)."""
-    return self.stride // self.config.propagation.upsample
+    return mask_stride(self.config)  # the module-level function: class attributes are not in a method's scope
 
   def features(self, images: jax.Array, image_hw: jax.Array) -> list[jax.Array]:
-    """FPN levels P2..P6 of uint8 RGB canvases [N, H, W, 3] whose content is image_hw [N, 2].
-
-    As in torchvision, the canvas beyond the image is zero after normalisation.
-    """
-    x = self.detector.normalize(images)
-    height, width = images.shape[1:3]
-    inside = ((jnp.arange(height)[None, :, None] < image_hw[:, 0, None, None])
-              & (jnp.arange(width)[None, None, :] < image_hw[:, 1, None, None]))  # [N, H, W]
-    return self.detector.backbone(jnp.where(inside[..., None], x, 0.0))
+    """FPN levels P2..P6 of uint8 RGB canvases [N, H, W, 3] whose content is image_hw [N, 2] (the detector's)."""
+    return self.detector.features(images, image_hw)
 
   def frame_features(self, frame: jax.Array, geometry: InputGeometry) -> list[jax.Array]:
     """Features of one original-size frame uint8 [H, W, 3] (resized and padded as the detector expects)."""
@@ -117,12 +121,14 @@ class MaskProp(nnx.Module):
     pasted = paste_masks_in_image(mask_probs, boxes, canvas_hw, image_hw[:, None, :])  # [N, D, H, W]
     return propagation.downsample_masks(pasted, self.mask_stride)
 
+  def feature_grid_masks(self, masks: jax.Array) -> jax.Array:
+    """Masks on the mask grid [..., h, w] -> on the grid of the features propagation reads [..., h/u, w/u]."""
+    return propagation.downsample_masks(masks, self.config.propagation.upsample)
+
   def detect(self, features: list[jax.Array], image_hw: jax.Array) -> ClipDetections:
     """Mask R-CNN detections of one frame's features (batch of 1), with masks on the mask grid."""
-    canvas_hw = (features[0].shape[1] * FPN_STRIDES[0], features[0].shape[2] * FPN_STRIDES[0])
-    proposals, _ = self.detector.rpn(features, image_hw, canvas_hw)
-    det = self.detector.roi_heads.detect(features[:mask_rcnn.NUM_POOLED_LEVELS], proposals.boxes, proposals.valid,
-                                         image_hw, canvas_hw)
+    canvas_hw = fpn.input_hw(features)
+    det = self.detector.detect_from_features(features, image_hw, canvas_hw)
     class_probs = jax.nn.one_hot(det.labels - 1, self.num_classes) * det.scores[..., None]
     masks = self.instance_masks(det.masks, det.boxes, image_hw, canvas_hw)
     return ClipDetections(det.boxes, det.scores, det.labels, jnp.where(det.valid[..., None], class_probs, 0.0),
@@ -135,7 +141,7 @@ class MaskProp(nnx.Module):
     references: [L, h', w', C]. (h, w) = upsample * (h', w').
     """
     length = references.shape[0]
-    feature_masks = propagation.downsample_masks(masks, self.config.propagation.upsample)
+    feature_masks = self.feature_grid_masks(masks)
     logits, fg_logits = self.propagation(jnp.broadcast_to(center, references.shape),
                                          jnp.broadcast_to(feature_masks, (length,) + feature_masks.shape[1:]),
                                          references)
@@ -157,23 +163,17 @@ def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
   gt_valid = present[:, 0] & ~batch["crowd"] & (batch["classes"] > 0)  # [B, M]
   gt = mask_rcnn.GroundTruth(boxes=batch["boxes"][:, 0], labels=batch["classes"], masks=batch["masks"][:, 0],
                              valid=gt_valid)
-  rpn_key, roi_key = jax.random.split(key)
-  detector = model.detector
-  proposals, rpn_losses = detector.rpn(center_features, image_hw, (height, width), training=True,
-                                       gt_boxes=gt.boxes, gt_valid=gt.valid, key=rpn_key)
-  roi_losses, _ = detector.roi_heads.losses(
-      center_features[:mask_rcnn.NUM_POOLED_LEVELS], proposals.boxes, proposals.valid, gt_boxes=gt.boxes,
-      gt_labels=gt.labels, gt_masks=gt.masks, gt_valid=gt.valid, image_hw=image_hw, input_hw=(height, width),
-      key=roi_key)
-  losses = {**rpn_losses, **roi_losses}
+  # One key for the RPN's anchor sample and the RoI sample, split inside as rpn_key, roi_key = split(key).
+  losses = model.detector.losses_from_features(center_features, image_hw, (height, width), gt, key)
 
   # Center masks: the mask head on the ground-truth boxes, its own loss trains it, so no gradient flows back here.
-  mask_logits = detector.roi_heads.mask_logits(center_features[:mask_rcnn.NUM_POOLED_LEVELS], gt.boxes, gt.valid,
-                                               (height, width))
-  center_probs = jax.lax.stop_gradient(select_class_masks(mask_logits, jnp.maximum(gt.labels, 1)))
+  # Padding slots (label 0) read class 1's mask; gt_valid zeroes them below.
+  center_probs = model.detector.box_mask_probs(center_features, gt.boxes, jnp.maximum(gt.labels, 1), gt.valid,
+                                               (height, width))  # [B, M, m, m] in box coordinates
+  center_probs = jax.lax.stop_gradient(center_probs)
   center_masks = model.instance_masks(center_probs, gt.boxes, image_hw, (height, width))  # [B, M, h, w]
   center_masks = jnp.where(gt_valid[..., None, None], center_masks, 0.0)
-  center_masks = propagation.downsample_masks(center_masks, model.config.propagation.upsample)  # feature grid
+  center_masks = model.feature_grid_masks(center_masks)  # [B, M, h/u, w/u]
 
   level = model.propagation_level
   num_refs = num_frames - 1
@@ -191,35 +191,3 @@ def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
   weights = {"loss_propagation": model.config.propagation.loss_weight}
   total = sum(weights.get(name, 1.0) * value for name, value in losses.items())
   return total, losses
-
-
-def detector_config_from(params_dir: str, config: ml_collections.ConfigDict) -> None:
-  """Takes the converted checkpoint's architecture constants (e.g. the frozen batch norms' epsilon, 0.0 for
-  torchvision's COCO v1 weights) into config.model, keeping the run's class count and input size."""
-  from maskprop_jax.convert import params_io  # orbax only when loading
-
-  source = params_io.read_metadata(params_dir)["config"]
-  config.detector.backbone.update(source.backbone.to_dict())
-  config.detector.anchors.update(source.anchors.to_dict())
-
-
-def load_detector_params(model: MaskProp, params_dir: str) -> int:
-  """Loads converted Mask R-CNN weights (python -m maskprop_jax.convert ...) into the model's detector.
-
-  Layers whose shapes differ (the class-specific predictors when the class count changes) keep their
-  initialisation, as fine-tuning from COCO does. Returns how many arrays were loaded.
-  """
-  from maskprop_jax.convert import params_io  # orbax only when loading
-
-  loaded, _ = params_io.load_params(params_dir, mask_rcnn.abstract_mask_rcnn)
-  target = dict(nnx.to_flat_state(nnx.state(model.detector)))
-  replaced = 0
-  for path, value in nnx.to_flat_state(nnx.state(loaded)):
-    current = target.get(path)
-    if current is not None and np.shape(current.get_value()) == np.shape(value.get_value()):
-      current.set_value(value.get_value())
-      replaced += 1
-  if replaced == 0:
-    raise ValueError(f"{params_dir}: no parameter of the converted detector fits this model's detector")
-  nnx.update(model.detector, nnx.from_flat_state(target))
-  return replaced

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskprop_jax.bilinear import bilinear_matrix
+
 # torchvision's ImageNet statistics for images in [0, 1].
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
@@ -64,26 +66,6 @@ def resized_hw(hw: tuple[int, int], min_size: int, max_size: int) -> tuple[int, 
 def padded_hw(hw: tuple[int, int], size_divisible: int = 32) -> tuple[int, int]:
   """torchvision's batch_images: each side rounded up to a multiple of `size_divisible`."""
   return tuple(int(math.ceil(s / size_divisible) * size_divisible) for s in hw)
-
-
-def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:  # [out_size, in_size] float32
-  """Rows of interpolation weights of torch's upsample_bilinear2d (align_corners=False, scale = in / out).
-
-  torch's CPU kernel works in float32 and its compiler fuses `scale * (dst + 0.5) - 0.5` into one FMA (a single
-  rounding): computing that in float64 and rounding once reproduces its weights bit for bit. Then
-  src = max(src, 0), i0 = min(floor(src), in - 1), i1 = min(i0 + 1, in - 1), weights (1 - frac, frac).
-  """
-  scale = np.float64(np.float32(in_size) / np.float32(out_size))
-  dst = np.arange(out_size, dtype=np.float64)
-  src = np.maximum((scale * (dst + 0.5) - 0.5).astype(np.float32), np.float32(0.0))
-  i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-  i1 = np.minimum(i0 + 1, in_size - 1)
-  frac = np.clip(src - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
-  weights = np.zeros((out_size, in_size), np.float32)
-  rows = np.arange(out_size)
-  np.add.at(weights, (rows, i0), np.float32(1.0) - frac)
-  np.add.at(weights, (rows, i1), frac)
-  return weights
 
 
 def resize_bilinear(image: jax.Array, out_hw: tuple[int, int]) -> jax.Array:  # [H, W, C] -> [h, w, C]

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from maskprop_jax import rle
 from maskprop_jax.data import augment
-from maskprop_jax.data import masks
 from maskprop_jax.data import pipeline
 from maskprop_jax.data import prepare
-from maskprop_jax.data import tfds_builder
 
 IMAGE_HW = (80, 112)  # the shared synthetic frames are 64x96
 SCALE_RANGE = (48, 72)
@@ -106,7 +105,7 @@ def test_masks_equal_the_decoded_rle_under_the_clips_transform(data):
         segmentation = track["segmentations"][frame]
         want = np.zeros(IMAGE_HW, np.uint8)
         if segmentation is not None:
-          resized = masks.decode(segmentation)[np.ix_(rows, cols)]
+          resized = rle.decode(segmentation)[np.ix_(rows, cols)]
           want[:rh, :rw] = resized[:, ::-1] if flipped else resized
         np.testing.assert_array_equal(batch["masks"][i, f, slot], want)
         assert batch["present"][i, f, slot] == want.any()
@@ -192,7 +191,7 @@ def test_resized_size_keeps_the_aspect_ratio_inside_the_canvas():
 
 
 def test_a_clip_without_tracks_is_all_padding(data):
-  record = dict(tfds_builder.open_records(tfds_builder.prepared_dir(data[0], "synthetic"), "train")[0])
+  record = dict(prepare.open_records(prepare.prepared_dir(data[0], "synthetic"), "train")[0])
   record["tracks"] = {key: [] for key in record["tracks"]}
   spec = pipeline.ClipSpec(IMAGE_HW, 3, 2, 2, SCALE_RANGE, True)
   clip = pipeline.make_clip(record, 1, np.random.default_rng(0), spec)

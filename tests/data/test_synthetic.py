@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from maskprop_jax.data import masks, synthetic, ytvis
+from maskprop_jax import rle
+from maskprop_jax.data import synthetic, ytvis
 from maskprop_jax.data.synthetic_shapes import CATEGORIES
 from maskprop_jax.errors import InputError
 
@@ -90,7 +91,7 @@ def test_counts_sizes_and_mask_consistency(modest_set):
       if seg is None:
         assert bbox is None and area is None
         continue
-      mask = masks.decode(seg)
+      mask = rle.decode(seg)
       assert mask.shape == (48, 72)
       ys, xs = np.nonzero(mask)
       assert area == mask.sum() > 0

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskprop_jax.data import masks
+from maskprop_jax import rle
 from maskprop_jax.data import prepare
 from maskprop_jax.data import synthetic
-from maskprop_jax.data import tfds_builder
 from maskprop_jax.errors import EXIT_BAD_INPUT, InputError
 
 
@@ -37,8 +36,8 @@ def prepared(source, tmp_path_factory):
 
 def test_records_hold_encoded_frames_and_rle_counts(source, prepared):
   annotations = json.loads((source / "train.json").read_text())
-  dataset_dir = tfds_builder.prepared_dir(prepared, "synthetic")
-  records = tfds_builder.open_records(dataset_dir, "train")
+  dataset_dir = prepare.prepared_dir(prepared, "synthetic")
+  records = prepare.open_records(dataset_dir, "train")
   videos = sorted(annotations["videos"], key=lambda v: v["id"])
   assert len(records) == len(videos)
   for index, video in enumerate(videos):
@@ -52,16 +51,16 @@ def test_records_hold_encoded_frames_and_rle_counts(source, prepared):
     for n, track in enumerate(tracks):
       assert int(record["tracks"]["label"][n]) == track["category_id"]  # synthetic ids are already 1..C
       for f, segmentation in enumerate(track["segmentations"]):
-        present = segmentation is not None and masks.area(segmentation) > 0
+        present = segmentation is not None and rle.area(segmentation) > 0
         assert bool(record["tracks"]["present"][n][f]) == present
         if present:
           counts = record["tracks"]["rle_counts"][n][f].decode()
-          np.testing.assert_array_equal(masks.decode({"size": segmentation["size"], "counts": counts}),
-                                        masks.decode(segmentation))
+          np.testing.assert_array_equal(rle.decode({"size": segmentation["size"], "counts": counts}),
+                                        rle.decode(segmentation))
 
 
 def test_metadata_lists_both_splits_in_record_order(source, prepared):
-  metadata = tfds_builder.read_metadata(tfds_builder.prepared_dir(prepared, "synthetic"))
+  metadata = prepare.read_metadata(prepare.prepared_dir(prepared, "synthetic"))
   train = json.loads((source / "train.json").read_text())
   by_id = {v["id"]: v for v in train["videos"]}
   assert metadata["splits"]["train"]["video_ids"] == sorted(by_id)
@@ -69,7 +68,7 @@ def test_metadata_lists_both_splits_in_record_order(source, prepared):
   assert metadata["splits"]["train"]["has_annotations"]
   assert not metadata["splits"]["valid"]["has_annotations"]
   assert [c["label"] for c in metadata["categories"]] == list(range(1, len(train["categories"]) + 1))
-  valid_records = tfds_builder.open_records(tfds_builder.prepared_dir(prepared, "synthetic"), "valid")
+  valid_records = prepare.open_records(prepare.prepared_dir(prepared, "synthetic"), "valid")
   assert len(valid_records) == 2 and len(valid_records[0]["tracks"]["id"]) == 0
 
 
@@ -79,12 +78,12 @@ def test_ensure_prepared_reuses_a_prepared_split(prepared, monkeypatch):
 
   monkeypatch.setattr(prepare, "prepare_split", fail)
   path = prepare.ensure_prepared(prepared, "synthetic", "train", images_dir=None, annotation_file="unused.json")
-  assert path == tfds_builder.prepared_dir(prepared, "synthetic")
+  assert path == prepare.prepared_dir(prepared, "synthetic")
 
 
 def test_unknown_split_names_the_prepared_ones(prepared):
   with pytest.raises(InputError, match="no split 'test'.*train, valid"):
-    tfds_builder.open_records(tfds_builder.prepared_dir(prepared, "synthetic"), "test")
+    prepare.open_records(prepare.prepared_dir(prepared, "synthetic"), "test")
 
 
 def _remove_a_frame(root: Path) -> str:

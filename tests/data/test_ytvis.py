@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskprop_jax.data import masks, ytvis
+from maskprop_jax import rle
+from maskprop_jax.data import ytvis
 from maskprop_jax.errors import InputError
 
 H, W = 8, 10
@@ -33,11 +34,11 @@ def _annotation_file_content() -> dict:
                      {"id": 2, "name": "disc", "supercategory": "shape"}],
       "annotations": [
           {"id": 1, "video_id": 7, "category_id": 40, "iscrowd": 0,
-           "segmentations": [masks.encode(_mask(1, 4, 2, 6)), None, masks.encode(_mask(0, 2, 0, 2))],
+           "segmentations": [rle.encode(_mask(1, 4, 2, 6)), None, rle.encode(_mask(0, 2, 0, 2))],
            "bboxes": [[2, 1, 4, 3], None, [0, 0, 2, 2]], "areas": [12, None, 4]},
           {"id": 2, "video_id": 7, "category_id": 2, "iscrowd": 1,  # no bboxes/areas: derived from masks
            "segmentations": [None, [[1.0, 1.0, 5.0, 1.0, 5.0, 3.0, 1.0, 3.0]],
-                             {"size": [H, W], "counts": masks.encode(np.zeros((H, W)))["counts"]}]},
+                             {"size": [H, W], "counts": rle.encode(np.zeros((H, W)))["counts"]}]},
           {"id": 5, "video_id": 3, "category_id": 2,
            "segmentations": [{"size": [H, W], "counts": [0, H * W]}, None]},
       ],
@@ -76,15 +77,15 @@ def test_reads_videos_categories_and_tracks(tmp_path):
 
   given, derived, uncompressed = dataset.tracks
   assert given.bboxes == ([2.0, 1.0, 4.0, 3.0], None, [0.0, 0.0, 2.0, 2.0]) and given.areas == (12.0, None, 4.0)
-  np.testing.assert_array_equal(masks.decode(given.segmentations[0]), _mask(1, 4, 2, 6))
+  np.testing.assert_array_equal(rle.decode(given.segmentations[0]), _mask(1, 4, 2, 6))
   # polygon -> RLE, derived box and area; the empty RLE in frame 2 counts as absent
   assert derived.segmentations[0] is None and derived.segmentations[2] is None
   assert isinstance(derived.segmentations[1]["counts"], str)
-  np.testing.assert_array_equal(masks.decode(derived.segmentations[1]), _mask(1, 3, 1, 5))
+  np.testing.assert_array_equal(rle.decode(derived.segmentations[1]), _mask(1, 3, 1, 5))
   assert derived.bboxes[1] == [1.0, 1.0, 4.0, 2.0] and derived.areas[1] == 8.0
   assert derived.iscrowd and not given.iscrowd
   # uncompressed [0, H*W]: no background run, the whole frame is the object
-  np.testing.assert_array_equal(masks.decode(uncompressed.segmentations[0]), np.ones((H, W)))
+  np.testing.assert_array_equal(rle.decode(uncompressed.segmentations[0]), np.ones((H, W)))
   assert uncompressed.bboxes[0] == [0.0, 0.0, float(W), float(H)] and uncompressed.areas[0] == H * W
 
 
@@ -137,7 +138,7 @@ def test_video_without_frames(tmp_path):
 
 
 def test_video_length_disagrees_with_file_names(tmp_path):
-  _raises(tmp_path, lambda c: c["videos"][0].update(length=4), "video 7 ('vid_a')", "`length` is 4")
+  _raises(tmp_path, lambda c: c["videos"][0].update(length=4), "video 7 ('vid_a')", "'length' is 4")
 
 
 def test_segmentations_of_wrong_length(tmp_path):
@@ -147,9 +148,9 @@ def test_segmentations_of_wrong_length(tmp_path):
 
 def test_mask_of_wrong_size_names_the_frame(tmp_path):
   def wrong_size(content):
-    content["annotations"][0]["segmentations"][2] = masks.encode(np.ones((H, W + 2)))
+    content["annotations"][0]["segmentations"][2] = rle.encode(np.ones((H, W + 2)))
   _raises(tmp_path, wrong_size, "video 7 ('vid_a')", "frame 2 ('vid_a/00010.jpg')", "annotation 1",
-          f"mask size [{H}, {W + 2}] differs", f"[{H}, {W}]")
+          f"RLE size [{H}, {W + 2}] differs", f"[{H}, {W}]")
 
 
 def test_corrupt_rle_names_the_frame(tmp_path):

@@ -47,12 +47,13 @@ def test_length_comes_from_file_names_and_names_the_video():
 
 
 @pytest.mark.parametrize("gt, message", [
-    (_gt([None]), r"annotation 1 \(video 5, cat\): 'segmentations' must list one entry per frame \(2\)"),
-    (_gt([None, None], video_id=8), "refers to video 8"),
-    (_gt([None, None], category_id=9), "category 9"),
-    (_gt([None, {"size": [H, W + 1], "counts": "0"}]), r"frame 1: RLE size \[20, 31\]"),
+    (_gt([None]), r"annotation 1 in video 5 \('cat'\): 'segmentations' must list one entry per frame: it has 1 "
+                  r"entries but the video has 2 frames"),
+    (_gt([None, None], video_id=8), "unknown video id 8"),
+    (_gt([None, None], category_id=9), "unknown category id 9"),
+    (_gt([None, {"size": [H, W + 1], "counts": "0"}]), r"frame 1 \('cat/1.jpg'\): RLE size \[20, 31\]"),
     (_gt([None, {"size": [H, W], "counts": [1, 2]}]), "summing to 20 \\* 30"),
-    (_gt([[[1.0, 2.0, 1e30, 1.0, 3.0, 3.0]], None]), "frame 0: polygon coordinates must be finite"),
+    (_gt([[[1.0, 2.0, 1e30, 1.0, 3.0, 3.0]], None]), r"frame 0 \('cat/0.jpg'\): polygon coordinates must be finite"),
     (_gt([None, None], areas=[1]), "'areas' must list one entry per frame"),
     ({"videos": []}, "no 'categories' list"),
 ])
@@ -64,7 +65,7 @@ def test_bad_ground_truth_is_named(gt, message):
 def test_bad_file(tmp_path):
   path = tmp_path / "valid.json"
   path.write_text("{")
-  with pytest.raises(InputError, match="valid.json: ground-truth file is not valid JSON"):
+  with pytest.raises(InputError, match="valid.json: malformed JSON"):
     load_ground_truth(path)
   path.write_text("[]")
   with pytest.raises(InputError, match="must be a JSON object"):
@@ -72,5 +73,5 @@ def test_bad_file(tmp_path):
   gt = _gt([None, None])
   gt["videos"].append(dict(gt["videos"][0]))
   path.write_text(json.dumps(gt))
-  with pytest.raises(InputError, match="video 5 .* is listed twice"):
+  with pytest.raises(InputError, match="video id 5 appears more than once"):
     load_ground_truth(path)

@@ -89,8 +89,8 @@ def test_unknown_video_ids_are_all_named(case):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda e: e.update(segmentations=e["segmentations"] + [None]), "one RLE or null per frame"),
-    (lambda e: e.update(segmentations="abc"), "one RLE or null per frame"),
+    (lambda e: e.update(segmentations=e["segmentations"] + [None]), "'segmentations' must list one entry per frame"),
+    (lambda e: e.update(segmentations="abc"), "'segmentations' must list one entry per frame"),
     (lambda e: e.update(score=math.nan), "finite"),
     (lambda e: e.update(score="0.5"), "finite"),
     (lambda e: e.update(category_id=10_000), "category 10000"),
@@ -115,7 +115,7 @@ def test_malformed_json_and_wrong_top_level(tmp_path, case):
   _, _, ground_truth = case
   path = tmp_path / "results.json"
   path.write_text('[{"video_id": 1,')
-  with pytest.raises(InputError, match="results.json: results file is not valid JSON"):
+  with pytest.raises(InputError, match="results.json: malformed JSON"):
     load_results(path, ground_truth)
   path.write_text('{"video_id": 1}')
   with pytest.raises(InputError, match="JSON list"):

@@ -5,8 +5,8 @@ import pytest
 from pycocotools import mask as mask_api
 from ytvis_random_cases import random_case
 
+from maskprop_jax import rle
 from maskprop_jax.evaluation import load_ground_truth, load_results
-from maskprop_jax.evaluation.rle import encode_mask
 from maskprop_jax.evaluation.tracks import Track, frame_areas
 from maskprop_jax.evaluation.video_iou import video_iou
 
@@ -44,7 +44,7 @@ def test_matches_decoded_masks(seed):
 
 
 def _track(masks):
-  rles = [encode_mask(m) if m is not None else None for m in masks]
+  rles = [rle.encode(m) if m is not None else None for m in masks]
   areas = frame_areas([rles])[0]
   return Track(id=1, video_id=1, category_id=1, rles=rles, areas=areas, avg_area=0.0)
 

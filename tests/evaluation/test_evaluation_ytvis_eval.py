@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from ytvis_random_cases import random_case
 
+from maskprop_jax import rle
 from maskprop_jax.evaluation import STAT_NAMES, evaluate
-from maskprop_jax.evaluation.rle import encode_mask
 
 H, W = 10, 10
 
@@ -21,7 +21,7 @@ def _rles(*frames):
       continue
     mask = np.zeros([H, W], np.uint8)
     mask[box[0]:box[1] + 1, box[2]:box[3] + 1] = 1
-    out.append(encode_mask(mask))
+    out.append(rle.encode(mask))
   return out
 
 

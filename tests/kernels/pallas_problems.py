@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskprop_jax.kernels import geometry
+
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -45,11 +47,9 @@ PROBLEMS = (
 
 
 def output_hw(problem: Problem) -> tuple[int, int]:
-  pair = lambda v: (v, v) if isinstance(v, int) else v
-  (_, h, w, _, _), (sh, sw), (ph, pw), (dh, dw) = (problem.shape, pair(problem.stride), pair(problem.padding),
-                                                   pair(problem.dilation))
-  kh, kw = problem.kernel_hw
-  return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+  pair = lambda name, value: geometry.as_pair("output_hw", name, value, 0)
+  return geometry.output_size(problem.shape[1:3], problem.kernel_hw, pair("stride", problem.stride),
+                              pair("padding", problem.padding), pair("dilation", problem.dilation))
 
 
 def make_inputs(problem: Problem, *, seed: int = 0, dtype=jnp.float32, num_instances: int = 0) -> dict:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from maskprop_jax.kernels import deform_conv2d, resolve_impl
+from maskprop_jax.kernels import geometry
 from maskprop_jax.kernels import reference
 from maskprop_jax.kernels import xla_impl
 
@@ -37,7 +38,7 @@ def _make_inputs(config, seed=0, offsets=None, dtype=np.float32):
   """Random inputs; about one offset in ten is pushed far enough to leave the image."""
   rng = np.random.default_rng(seed)
   kh, kw = config["kernel"]
-  out_hw = xla_impl.output_size((HEIGHT, WIDTH), (kh, kw), (config["stride"],) * 2, (config["padding"],) * 2,
+  out_hw = geometry.output_size((HEIGHT, WIDTH), (kh, kw), (config["stride"],) * 2, (config["padding"],) * 2,
                                 (config["dilation"],) * 2)
   groups = config["offset_groups"]
   offsets_shape = (BATCH,) + out_hw + (groups, kh * kw, 2)
@@ -208,13 +209,13 @@ def test_chunked_rows_equal_single_chunk():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(offsets=np.zeros((2, 7, 8, 1, 9, 1), np.float32)), "offsets has shape"),
-    (dict(mask=np.zeros((2, 7, 8, 1, 8), np.float32)), "mask has shape"),
+    (dict(offsets=np.zeros((2, 7, 8, 1, 9, 1), np.float32)), "`offsets` has shape"),
+    (dict(mask=np.zeros((2, 7, 8, 1, 8), np.float32)), "`mask` has shape"),
     (dict(weight=np.zeros((3, 3, 5, 3), np.float32)), "input channels"),
-    (dict(bias=np.zeros((4,), np.float32)), "bias has shape"),
-    (dict(x=np.zeros((7, 8, 4), np.float32)), r"x must be \[N, H, W, C\]"),
+    (dict(bias=np.zeros((4,), np.float32)), "`bias` has shape"),
+    (dict(x=np.zeros((7, 8, 4), np.float32)), r"`x` has shape \(7, 8, 4\), expected \(N, H, W, C\)"),
     (dict(x=np.zeros((2, 7, 8, 4), np.int32)), "floating-point"),
-    (dict(stride=0), "stride must be"),
+    (dict(stride=0), "`stride` must be"),
     (dict(offset_groups=3), "offset_groups=3"),
     (dict(impl="triton"), "impl must be one of"),
 ])

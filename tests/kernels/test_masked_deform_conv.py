@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from maskprop_jax.kernels import deform_conv2d, masked_deform_conv2d
+from maskprop_jax.kernels import geometry
 from maskprop_jax.kernels import reference
 from maskprop_jax.kernels import xla_impl
 
@@ -24,7 +25,7 @@ CONFIGS = {
 def _make_inputs(config, seed=0):
   """Soft instance masks, one of them empty; offsets partly leave the image."""
   rng = np.random.default_rng(seed)
-  out_hw = xla_impl.output_size((HEIGHT, WIDTH), (3, 3), (config["stride"],) * 2, (config["padding"],) * 2,
+  out_hw = geometry.output_size((HEIGHT, WIDTH), (3, 3), (config["stride"],) * 2, (config["padding"],) * 2,
                                 (config["dilation"],) * 2)
   offsets_shape = (BATCH,) + out_hw + (config["offset_groups"], 9, 2)
   instance_masks = rng.uniform(0.0, 1.0, (BATCH, INSTANCES, HEIGHT, WIDTH))
@@ -125,5 +126,5 @@ def test_bad_instance_masks_shape_raises():
   x = np.zeros((2, 6, 7, 4), np.float32)
   offsets = np.zeros((2, 6, 7, 1, 9, 2), np.float32)
   weight = np.zeros((3, 3, 4, 3), np.float32)
-  with pytest.raises(ValueError, match=r"instance_masks has shape \(2, 3, 7, 6\)"):
+  with pytest.raises(ValueError, match=r"`instance_masks` has shape \(2, 3, 7, 6\)"):
     masked_deform_conv2d(x, np.zeros((2, 3, 7, 6), np.float32), offsets, weight)

@@ -1,4 +1,4 @@
-"""The Pallas kernels' plain-jnp reference and argument checks (kernels/pallas_contract.py)."""
+"""The Pallas kernels' plain-jnp reference (kernels/pallas_contract.py); its argument check is in test_geometry."""
 
 import jax
 import jax.numpy as jnp
@@ -50,32 +50,3 @@ def test_masked_reference_is_one_call_per_instance():
                                              **problem.conv_kwargs)
   assert out.shape == (1, 2, *second.shape[1:])
   np.testing.assert_array_equal(out[:, 1], second)
-
-
-@pytest.mark.parametrize("argument, change, message", [
-    ("offsets", lambda a: a[..., :1], "`offsets` has shape"),
-    ("mask", lambda a: jnp.ones((1, 3, 3, 2, 9)), "`mask` has shape"),
-    ("weight", lambda a: a[:, :, :2], "`weight` has shape"),
-    ("instance_masks", lambda a: jnp.ones((1, 2, 5, 5)), "`instance_masks` has shape"),
-    ("x", lambda a: a.astype(jnp.int32), "floating dtype"),
-])
-def test_bad_arguments_name_the_argument(argument, change, message):
-  problem = Problem("errors", (1, 7, 7, 4, 4), with_mask=True)
-  inputs = make_inputs(problem, num_instances=2)
-  inputs[argument] = change(inputs[argument])
-  with pytest.raises(ValueError, match=message):
-    pallas_contract.check_arguments(inputs["x"], inputs["instance_masks"], inputs["offsets"], inputs["mask"],
-                                    inputs["weight"], **problem.conv_kwargs)
-
-
-def test_bad_conv_parameters_are_rejected():
-  inputs = make_inputs(PROBLEMS[0])
-  with pytest.raises(ValueError, match="offset_groups=3"):
-    pallas_contract.check_arguments(inputs["x"], None, inputs["offsets"], None, inputs["weight"], stride=1,
-                                    padding=1, dilation=1, offset_groups=3)
-  with pytest.raises(ValueError, match="`stride` must be an int or a pair"):
-    pallas_contract.check_arguments(inputs["x"], None, inputs["offsets"], None, inputs["weight"],
-                                    stride=(1, 1, 1), padding=1, dilation=1, offset_groups=1)
-  with pytest.raises(ValueError, match="leaves no output position"):
-    pallas_contract.check_arguments(inputs["x"][:, :1, :1], None, inputs["offsets"], None, inputs["weight"],
-                                    stride=1, padding=0, dilation=1, offset_groups=1)

@@ -1,23 +1,17 @@
-"""Image transform: torchvision's resize sizes and bilinear weights, normalisation, padding, box rescaling."""
+"""Image transform: torchvision's resize sizes, normalisation, padding, box rescaling."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from maskprop_jax.model.transform import (
-  InputFormat, bilinear_matrix, normalize, padded_hw, preprocess_image, resize_bilinear, resize_boxes, resized_hw)
+  InputFormat, normalize, padded_hw, preprocess_image, resize_bilinear, resize_boxes, resized_hw)
 
 
 def test_resized_hw_short_side_then_long_side_cap():
   assert resized_hw((480, 640), 800, 1333) == (800, 1066)  # floor(640 * 800 / 480) = 1066
   assert resized_hw((100, 1000), 800, 1333) == (133, 1333)  # long side caps the scale
   assert padded_hw((800, 1066)) == (800, 1088)
-
-
-def test_bilinear_rows_sum_to_one_and_interpolate_halfway():
-  m = bilinear_matrix(2, 4)  # src = (d + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25
-  np.testing.assert_allclose(m, [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
-  np.testing.assert_allclose(bilinear_matrix(37, 11).sum(axis=1), 1.0, rtol=1e-6)
 
 
 def test_normalize_detectron2_bgr_255():

@@ -1,0 +1,134 @@
+"""The demo's video mode: MaskProp on a user's video, an overlay video or GIF, and the tracks as a results file.
+
+    python -m maskprop_jax.demo --workdir RUN --video FILE.mp4|FRAMES_DIR --out OUT.mp4|OUT.gif --json OUT.json
+
+The model is a train.py run's latest checkpoint (`--workdir`, configured by the run's config.json or `--config`),
+or a converted Mask R-CNN (`--params`) with a randomly initialised propagation head (the clip settings and the
+head's shape then come from `--config`, by default the package's maskprop_jax.default_config). Frames stream
+through inference.predictor.VideoPredictor; the overlay draws each track's mask, box, id, class and score in a colour of its own;
+the JSON is the YouTube-VIS results format with video_id 0 and the model's category ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, TextIO, TypeVar
+
+import imageio.v3 as iio
+import jax
+import numpy as np
+from flax import nnx
+
+from maskprop_jax import default_config, evaluation, visualize
+from maskprop_jax.convert import loading, params_io
+from maskprop_jax.data import video_reader
+from maskprop_jax.inference import predictor
+from maskprop_jax.model import maskprop
+from maskprop_jax.training import runs
+
+FOLDER_FPS = 10.0  # a folder of frames does not say its frame rate
+USER_VIDEO_ID = 0  # results files need an integer video id; a user's video has none
+
+T = TypeVar("T")
+
+
+def model_from_params(params_dir: str, config_file: str | None) -> runs.Run:
+  """A converted Mask R-CNN as MaskProp's detector; the propagation head keeps its random initialisation."""
+  metadata = params_io.read_metadata(params_dir)
+  config = runs.load_config_file(config_file) if config_file else default_config.get_config()
+  config.model.detector = metadata["config"]
+  # One compiled initialisation with XLA's own generator: eager threefry draws compile a program per weight shape.
+  key = jax.random.key(config.seed, impl="rbg")
+  model = nnx.jit(lambda: maskprop.MaskProp(config.model, rngs=nnx.Rngs(key)))()
+  loading.load_detector_params(model, params_dir)
+  model.eval()
+  print(f"warning: {params_dir} is a Mask R-CNN without MaskProp's propagation head, which is randomly "
+        "initialised: masks away from each clip's center frame are noise. Pass a trained run with --workdir for "
+        "real propagation.", file=sys.stderr)
+  categories = runs.Categories(list(metadata["category_ids"][1:]), list(metadata["class_names"][1:]))
+  return runs.Run(model, config, step=None, categories=categories)
+
+
+def model_from_run(workdir: str, config_file: str | None) -> runs.Run:
+  """The latest checkpoint of a train.py run (training.runs.load_run, as eval.py loads it)."""
+  run = runs.load_run(workdir, runs.load_config_file(config_file) if config_file else None)
+  print(f"loaded the checkpoint of step {run.step} from {workdir}", file=sys.stderr)
+  return run
+
+
+class Progress:
+  """Counts frames as a consumer pulls them and shows frames/s on one stderr line (rewritten on a terminal).
+
+  `finish()` writes the final line: a consumer that stops at the last frame never resumes the generator.
+  """
+
+  def __init__(self, label: str, total: int, stream: TextIO | None = None, interval_s: float = 0.5):
+    self.label, self.total, self.interval_s = label, total, interval_s
+    self.stream = stream or sys.stderr
+    self.live = self.stream.isatty()
+    self.count = 0
+    self.start = self.last = time.perf_counter()
+
+  def wrap(self, items: Iterable[T]) -> Iterator[T]:
+    self.start = self.last = time.perf_counter()
+    for item in items:
+      self.count += 1
+      yield item  # resumed: the consumer is done with this frame and asks for the next one
+      now = time.perf_counter()
+      if self.live and now - self.last >= self.interval_s:
+        self.stream.write(f"\r{self._line(now)}")
+        self.stream.flush()
+        self.last = now
+
+  def finish(self) -> None:
+    self.stream.write(("\r" if self.live else "") + self._line(time.perf_counter()) + "\n")
+
+  def _line(self, now: float) -> str:
+    return f"{self.label}: {self.count}/{self.total} frames, {self.count / max(now - self.start, 1e-9):.1f} frames/s"
+
+
+def source_fps(path: str) -> float:
+  """The frame rate of a video file; FOLDER_FPS for a folder of frames (or a file that does not say)."""
+  if Path(path).is_dir():
+    return FOLDER_FPS
+  try:
+    fps = float(iio.immeta(path, plugin="pyav").get("fps") or 0.0)
+  except (OSError, ValueError):
+    fps = 0.0
+  return fps if np.isfinite(fps) and fps > 0 else FOLDER_FPS
+
+
+def predict_video(run: runs.Run, video: video_reader.VideoFrames,
+                  score_thresh: float | None = None) -> list[evaluation.PredictedTrack]:
+  """Tracks with a mask on at least one frame, as results entries; frames/s on stderr while it runs."""
+  settings = predictor.ClipSettings.from_config(run.config)
+  if score_thresh is not None:
+    settings = dataclasses.replace(settings, score_thresh=score_thresh)
+  video_predictor = predictor.VideoPredictor(run.model, settings)
+  progress = Progress(f"{video.name}: inference", video.num_frames)
+  tracks = video_predictor(progress.wrap(video), video.num_frames, (video.height, video.width))
+  progress.finish()
+  return [evaluation.PredictedTrack(video_id=USER_VIDEO_ID, category_id=run.categories.ids[t.label - 1],
+                                    score=t.score, masks=t.segmentations)
+          for t in tracks if any(s is not None for s in t.segmentations)]
+
+
+def run_video(args: argparse.Namespace) -> None:
+  if args.out:
+    visualize.check_video_path(args.out)  # before the work, not after it
+  video = video_reader.open_video(args.video)
+  run = model_from_run(args.workdir, args.config) if args.workdir else model_from_params(args.params, args.config)
+  predictions = predict_video(run, video, args.score_thresh)
+  if args.out:
+    names = dict(zip(run.categories.ids, run.categories.names))
+    progress = Progress(f"{video.name}: overlay", video.num_frames)
+    frames = visualize.overlay_frames(progress.wrap(video), predictions, names)
+    visualize.write_video(args.out, frames, args.fps or source_fps(args.video))
+    progress.finish()
+  evaluation.write_results(predictions, args.json)
+  written = f"{args.json} and {args.out}" if args.out else args.json
+  print(f"{len(predictions)} tracks on {video.num_frames} frames of {video.name!r} -> {written}")

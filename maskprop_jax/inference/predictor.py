@@ -1,0 +1,209 @@
+"""Streaming MaskProp inference over a video of any length: the one clip loop (`video_clips`) and the predictor.
+
+Clips are centred at every s-th frame. Every frame goes through the backbone once; its features stay in a cache
+only while a clip window still needs them, and finished frames leave the linker as RLE, so memory is bounded by
+the clip window (2T+1 frames), not by the video's length. Each clip gives clip-level tracks: the center frame's
+detections (class, score, mask from Mask R-CNN) and their masks propagated to every frame of the window; the
+linker joins them into video-level tracks as they come.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from maskprop_jax import linking
+from maskprop_jax.linking import iou as linking_iou
+from maskprop_jax.model import maskprop
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSettings:
+  """How a video is cut into clips and which center-frame detections become clip tracks; `link` says how the
+  clip tracks become video tracks."""
+
+  half_window: int  # T: a clip spans frames c-T .. c+T
+  clip_stride: int  # s: clips are centred at frames 0, s, 2s, ...
+  score_thresh: float  # least detection score of a clip track
+  duplicate_iou: float  # a center-frame detection overlapping a better one more than this is dropped
+  link: linking.LinkSettings = linking.LinkSettings()
+
+  @classmethod
+  def from_config(cls, config) -> "ClipSettings":
+    c = config.inference
+    own = {field.name: c[field.name] for field in dataclasses.fields(cls) if field.name != "link"}
+    return cls(**own, link=linking.LinkSettings.from_config(config))
+
+
+def clip_windows(num_frames: int, half_window: int, stride: int) -> list[tuple[int, int, int]]:
+  """(center, start, stop) of every clip; windows are cut at the ends of the video."""
+  if num_frames <= 0:
+    raise ValueError("a video needs at least one frame")
+  centers = list(range(0, num_frames, stride))
+  if centers[-1] != num_frames - 1 and stride > 1:
+    centers.append(num_frames - 1)  # the last frames are covered by a clip of their own
+  return [(c, max(0, c - half_window), min(num_frames, c + half_window + 1)) for c in centers]
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  """A clip whose frames have all been read: `features` holds each frame's features (at least start..stop-1)."""
+
+  center: int
+  start: int
+  stop: int
+  half_window: int
+  features: dict[int, Any]
+
+  def padded_frames(self) -> list[int]:
+    """The window's frames padded to 2T+1 (the video's end frames repeated), so that one compiled program serves
+    every clip, the video's ends included."""
+    return [min(max(f, self.start), self.stop - 1)
+            for f in range(self.center - self.half_window, self.center + self.half_window + 1)]
+
+  def padded_slice(self) -> slice:
+    """Where frames start..stop-1 sit among padded_frames()."""
+    offset = self.start - (self.center - self.half_window)
+    return slice(offset, offset + self.stop - self.start)
+
+
+def video_clips(frames: Iterable[np.ndarray], num_frames: int, video_hw: tuple[int, int], half_window: int,
+                clip_stride: int, frame_features: Callable[[np.ndarray], Any]) -> Iterator[Clip]:
+  """The clips of a video whose frames arrive in order (uint8 [H, W, 3] each), each as soon as its last frame is
+  read. Every frame goes through `frame_features` once; its features stay cached only while a clip window still
+  needs them, so memory is bounded by the clip window, not by the video's length."""
+  windows = collections.deque(clip_windows(num_frames, half_window, clip_stride))
+  cache: dict[int, Any] = {}
+  frames = iter(frames)
+  for frame_index in range(num_frames):
+    try:
+      frame = next(frames)
+    except StopIteration:
+      raise ValueError(f"the video promised {num_frames} frames but ended after {frame_index}") from None
+    if frame.shape[:2] != tuple(video_hw):
+      raise ValueError(f"frame {frame_index} is {frame.shape[:2]}, the video's frames are {tuple(video_hw)}")
+    cache[frame_index] = frame_features(frame)
+    # Every clip whose window has now been read in full runs, in order.
+    while windows and windows[0][2] - 1 <= frame_index:
+      center, start, stop = windows.popleft()
+      yield Clip(center, start, stop, half_window, cache)
+      next_start = windows[0][1] if windows else num_frames
+      for old in [f for f in cache if f < next_start]:
+        del cache[old]
+
+
+def suppress_duplicates(masks: np.ndarray, max_iou: float) -> np.ndarray:
+  """Indices of the masks [K, h, w] (best first) kept by greedy NMS on soft mask IoU.
+
+  Mask R-CNN's NMS is per class, so one object detected under two classes survives it twice; two clip tracks of
+  one object would then start two video tracks.
+  """
+  flat = masks.reshape(masks.shape[0], -1)
+  iou = linking_iou.soft_iou(flat, flat)
+  kept: list[int] = []
+  for i in range(flat.shape[0]):
+    if all(iou[i, j] <= max_iou for j in kept):
+      kept.append(i)
+  return np.asarray(kept, np.int64)
+
+
+class Timer:
+  """Wall time per stage; `sync` waits for the device so that asynchronous dispatch is charged correctly."""
+
+  def __init__(self, sync: bool):
+    self.sync = sync
+    self.seconds = collections.defaultdict(float)
+
+  def time(self, stage: str, fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    if self.sync:
+      out = jax.block_until_ready(out)
+    self.seconds[stage] += time.perf_counter() - start
+    return out
+
+
+# The model travels as (graphdef, state): nnx.jit would walk the module graph on every call, tens of milliseconds
+# each, three calls per frame, more than a small model's compute. At module level with a static graphdef, the
+# compiled programs serve every predictor of the same architecture (evaluation during training makes a new one)
+# and propagation_eval.
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def frame_features(graphdef: nnx.GraphDef, state: nnx.State, frame: jax.Array,
+                   geometry: maskprop.InputGeometry) -> list[jax.Array]:
+  return nnx.merge(graphdef, state).frame_features(frame, geometry)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def detect(graphdef: nnx.GraphDef, state: nnx.State, features: list[jax.Array],
+           image_hw: jax.Array) -> maskprop.ClipDetections:
+  return nnx.merge(graphdef, state).detect(features, image_hw)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def propagate(graphdef: nnx.GraphDef, state: nnx.State, center: jax.Array, masks: jax.Array,
+              references: jax.Array) -> jax.Array:
+  return nnx.merge(graphdef, state).propagate(center, masks, references)
+
+
+class VideoPredictor:
+  """Runs a MaskProp model over videos; one compiled program per input canvas size.
+
+  The predictor keeps the weights the model has when it is made: make a new one after changing them.
+  """
+
+  def __init__(self, model: maskprop.MaskProp, settings: ClipSettings):
+    self.model = model
+    self.settings = settings
+    self._graphdef, self._state = nnx.split(model)
+
+  def __call__(self, frames: Iterable[np.ndarray], num_frames: int, video_hw: tuple[int, int], *,
+               timer: Timer | None = None) -> list[linking.VideoTrack]:
+    """Video-level tracks of one video whose frames arrive in order (uint8 [H, W, 3] each)."""
+    timer = timer or Timer(sync=False)
+    model, s = self.model, self.settings
+    geometry = maskprop.InputGeometry.for_video(model.config, video_hw)
+    linker = linking.TrackLinker(num_frames, geometry.mask_hw, tuple(video_hw), model.num_classes, s.link)
+
+    def features(frame):  # FPN features [1, h, w, C] per level
+      return timer.time("backbone", frame_features, self._graphdef, self._state, frame, geometry)
+
+    for clip in video_clips(frames, num_frames, video_hw, s.half_window, s.clip_stride, features):
+      tracks = self._clip_tracks(clip, geometry, timer)
+      timer.time("linking", linker.add_clip, tracks)
+    return timer.time("linking", linker.finish)
+
+  def _clip_tracks(self, clip: Clip, geometry: maskprop.InputGeometry, timer: Timer) -> list[linking.ClipTrack]:
+    model, s = self.model, self.settings
+    hw = jnp.asarray([geometry.resized_hw], jnp.int32)
+    center_features = clip.features[clip.center]
+    detections = timer.time("detection", detect, self._graphdef, self._state, center_features, hw)
+    keep = np.flatnonzero(np.asarray(detections.valid[0]) & (np.asarray(detections.scores[0]) >= s.score_thresh))
+    if keep.size == 0:
+      return []
+    center_masks = np.asarray(detections.masks[0])  # [D, h, w] on the mask grid
+    keep = keep[suppress_duplicates(center_masks[keep], s.duplicate_iou)]
+    level = model.propagation_level
+    refs = jnp.concatenate([clip.features[f][level] for f in clip.padded_frames()])  # [2T+1, h, w, C]
+    # Only the kept detections are propagated, in slots padded to a power of two: propagation costs as many
+    # slots as it is given, and a handful of programs (1, 2, 4, ... D slots) serve every clip.
+    num_slots = min(center_masks.shape[0], 1 << (keep.size - 1).bit_length())
+    slot_masks = np.zeros((num_slots,) + center_masks.shape[1:], np.float32)
+    slot_masks[:keep.size] = center_masks[keep]
+    probs = timer.time("propagation", propagate, self._graphdef, self._state, center_features[level],
+                       slot_masks[None], refs)  # [2T+1, slots, h, w]
+    probs = np.array(probs[clip.padded_slice(), :keep.size])  # [L, K, h, w]
+    # On its own frame an instance keeps the mask Mask R-CNN gave it, as in the paper.
+    probs[clip.center - clip.start] = center_masks[keep]
+    mask_h, mask_w = geometry.mask_hw
+    probs = probs[:, :, :mask_h, :mask_w]  # the part of the canvas the image covers
+    class_probs = np.asarray(detections.class_probs[0])
+    return [linking.ClipTrack(start=clip.start, masks=probs[:, k], class_probs=class_probs[d], center=clip.center)
+            for k, d in enumerate(keep)]

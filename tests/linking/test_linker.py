@@ -1,0 +1,237 @@
+"""Linking hand-made clip tracks: one object, crossing objects, an occlusion gap, late entry, leaving."""
+
+import numpy as np
+import pytest
+
+from maskprop_jax import linking
+from maskprop_jax import rle
+
+H, W = 24, 40
+T = 3  # clip window 2T+1 = 7 frames
+
+
+def disc(cy, cx, r=4.0):
+  yy, xx = np.mgrid[:H, :W]
+  return (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).astype(np.float32)
+
+
+def clips_from_scene(paths, num_frames, label_of, num_classes=3, stride=1, seed=0):
+  """Clip tracks as a perfect propagation would give them, with a little noise.
+
+  paths: per object, a function frame -> (cy, cx) or None when the object is not visible.
+  Every clip is centred at a frame c; each object visible at c gives one clip track on the window.
+  """
+  rng = np.random.default_rng(seed)
+  clips = []
+  for center in range(0, num_frames, stride):
+    start, stop = max(0, center - T), min(num_frames, center + T + 1)
+    tracks = []
+    for obj, path in enumerate(paths):
+      if path(center) is None:
+        continue
+      masks = np.zeros([stop - start, H, W], np.float32)
+      for i, f in enumerate(range(start, stop)):
+        if path(f) is not None:
+          masks[i] = disc(*path(f))
+      masks = np.clip(0.9 * masks + 0.05 * rng.random(masks.shape, dtype=np.float32), 0, 1)
+      probs = np.full([num_classes], 0.1, np.float32)
+      probs[label_of[obj] - 1] = 0.8
+      tracks.append(linking.ClipTrack(start=start, masks=masks, class_probs=probs, center=center))
+    # Detections come in no particular order.
+    tracks = [tracks[i] for i in rng.permutation(len(tracks))]
+    clips.append(tracks)
+  return clips
+
+
+def decoded(track, frame):
+  mask = track.segmentations[frame]
+  return None if mask is None else rle.decode(mask).astype(bool)
+
+
+def assert_follows(track, path, num_frames, min_iou=0.9):
+  for f in range(num_frames):
+    expected = path(f)
+    got = decoded(track, f)
+    if expected is None:
+      assert got is None, f"frame {f}: expected no mask"
+    else:
+      assert got is not None, f"frame {f}: expected a mask"
+      gt = disc(*expected) > 0.5
+      iou = (got & gt).sum() / (got | gt).sum()
+      assert iou > min_iou, f"frame {f}: IoU {iou:.2f}"
+
+
+def link(clips, num_frames, **kw):
+  return linking.link_clip_tracks(clips, num_frames, (H, W), num_classes=3, settings=linking.LinkSettings(**kw))
+
+
+def test_one_object():
+  path = lambda f: (12, 5 + f)
+  tracks = link(clips_from_scene([path], 30, {0: 2}), 30)
+  assert len(tracks) == 1
+  assert tracks[0].label == 2
+  assert tracks[0].score == pytest.approx(0.8)
+  assert tracks[0].num_clips == 30
+  assert_follows(tracks[0], path, 30)
+
+
+def test_two_crossing_objects_keep_identity():
+  a = lambda f: (10, 4 + f)
+  b = lambda f: (14, 35 - f)
+  tracks = link(clips_from_scene([a, b], 32, {0: 1, 1: 3}), 32)
+  assert len(tracks) == 2
+  by_label = {t.label: t for t in tracks}
+  assert_follows(by_label[1], a, 32)
+  assert_follows(by_label[3], b, 32)
+
+
+def test_occlusion_gap_that_clips_span_is_bridged():
+  path = lambda f: None if 10 <= f < 12 else (12, 8 + f)  # gap of T - 1 frames
+  tracks = link(clips_from_scene([path], 26, {0: 1}), 26)
+  assert len(tracks) == 1
+  assert_follows(tracks[0], path, 26)
+
+
+def test_object_appearing_late_and_one_leaving():
+  late = lambda f: None if f < 12 else (6, 30 - f)
+  leaving = lambda f: (18, 20 + 2 * f) if 20 + 2 * f < W else None
+  tracks = link(clips_from_scene([late, leaving], 25, {0: 1, 1: 2}), 25)
+  assert len(tracks) == 2
+  by_label = {t.label: t for t in tracks}
+  assert_follows(by_label[1], late, 25)
+  assert_follows(by_label[2], leaving, 25)
+
+
+def test_clip_stride_larger_than_one():
+  path = lambda f: (12, 5 + f)
+  tracks = link(clips_from_scene([path], 30, {0: 2}, stride=3), 30)
+  assert len(tracks) == 1
+  assert_follows(tracks[0], path, 30)
+
+
+def test_memory_is_bounded_by_the_window():
+  path = lambda f: (12, 5 + (f % 30))
+  linker = linking.TrackLinker(200, (H, W), (H, W), num_classes=3)
+  most_live_frames = 0
+  for clip in clips_from_scene([path], 200, {0: 1}):
+    linker.add_clip(clip)
+    most_live_frames = max(most_live_frames, sum(len(t.mask_sum) for t in linker._live))
+  linker.finish()
+  assert most_live_frames <= 2 * T + 1
+
+
+def test_masks_are_upsampled_to_the_video_size():
+  path = lambda f: (12, 5 + f)
+  small = [[linking.ClipTrack(t.start, t.masks[:, ::2, ::2], t.class_probs, t.center) for t in clip]
+           for clip in clips_from_scene([path], 12, {0: 1})]
+  tracks = linking.link_clip_tracks(small, 12, (H, W), num_classes=3)
+  assert len(tracks) == 1
+  assert tracks[0].segmentations[5]["size"] == [H, W]
+  # A radius-4 disc sampled at half resolution and upsampled again loses its rim.
+  assert_follows(tracks[0], path, 12, min_iou=0.7)
+
+
+def test_bad_clips_are_refused():
+  linker = linking.TrackLinker(10, (H, W), (H, W), num_classes=3)
+  probs = np.ones([3], np.float32) / 3
+  linker.add_clip([linking.ClipTrack(4, np.zeros([3, H, W], np.float32), probs, 5)])
+  with pytest.raises(ValueError, match="temporal order"):
+    linker.add_clip([linking.ClipTrack(2, np.zeros([3, H, W], np.float32), probs, 3)])
+  with pytest.raises(ValueError, match="leaves the video"):
+    linker.add_clip([linking.ClipTrack(8, np.zeros([3, H, W], np.float32), probs, 9)])
+  with pytest.raises(ValueError, match="masks must be"):
+    linker.add_clip([linking.ClipTrack(5, np.zeros([3, H, 2], np.float32), probs, 6)])
+
+
+def test_temporal_decay_weighs_a_clip_by_its_distance_from_the_frame():
+  """Two clips of one object over frames 0..2, centred at 0 (mask 1.0) and at 2 (mask 0.6): uniform weights give
+  0.8 everywhere; with decay 1 frame 0 is (1 + 0.6 e^-2) / (1 + e^-2) = 0.95 and frame 2 is 0.65."""
+  block = np.zeros([3, H, W], np.float32)
+  block[:, 4:10, 6:12] = 1.0
+  probs = np.ones([3], np.float32) / 3
+  present = {}
+  for decay in (0.0, 1.0):
+    linker = linking.TrackLinker(3, (H, W), (H, W), num_classes=3,
+                                 settings=linking.LinkSettings(mask_threshold=0.7, temporal_decay=decay))
+    linker.add_clip([linking.ClipTrack(0, block, probs, center=0)])
+    linker.add_clip([linking.ClipTrack(0, 0.6 * block, probs, center=2)])
+    (track,) = linker.finish()
+    present[decay] = [seg is not None for seg in track.segmentations]
+  assert present[0.0] == [True, True, True]
+  assert present[1.0] == [True, True, False]
+  with pytest.raises(ValueError, match="temporal_decay"):
+    linking.TrackLinker(3, (H, W), (H, W), num_classes=3, settings=linking.LinkSettings(temporal_decay=-1.0))
+  linker = linking.TrackLinker(3, (H, W), (H, W), num_classes=3)
+  with pytest.raises(ValueError, match="outside its window"):
+    linker.add_clip([linking.ClipTrack(0, block, probs, center=3)])
+
+
+def test_mask_scoring_and_clip_prior_rescale_a_tracks_class_probability():
+  """One track of two clips over frames 0..1, class probability 0.8. Frame 0's mean mask is 0.9 on the block and
+  0.2 beside it, frame 1's 0.7 on the block: maskness (0.9 + 0.7) / 2 = 0.8 (pixels under 0.5 do not count);
+  clip prior 2 gives 2 / (2 + 2) = 0.5."""
+  first = np.zeros([2, H, W], np.float32)
+  first[0, 4:10, 6:12], first[1, 4:10, 6:12] = 0.9, 0.7
+  first[0, 4:10, 12:14] = 0.2
+  probs = np.array([0.8, 0.1, 0.1], np.float32)
+  scores = {}
+  for mask_scoring, clip_prior in ((False, 0.0), (True, 0.0), (False, 2.0), (True, 2.0)):
+    linker = linking.TrackLinker(2, (H, W), (H, W), num_classes=3,
+                                 settings=linking.LinkSettings(mask_scoring=mask_scoring, clip_prior=clip_prior))
+    linker.add_clip([linking.ClipTrack(0, first, probs, center=0)])
+    linker.add_clip([linking.ClipTrack(0, first.copy(), probs, center=1)])
+    (track,) = linker.finish()
+    assert track.num_clips == 2 and track.label == 1
+    scores[mask_scoring, clip_prior] = track.score
+  assert scores == pytest.approx({(False, 0.0): 0.8, (True, 0.0): 0.64, (False, 2.0): 0.4, (True, 2.0): 0.32})
+  with pytest.raises(ValueError, match="clip_prior"):
+    linking.TrackLinker(2, (H, W), (H, W), num_classes=3, settings=linking.LinkSettings(clip_prior=-1.0))
+
+
+def test_a_fragment_ranks_below_a_long_track_with_the_clip_prior():
+  """A track all seven clips agree on and a one-clip fragment elsewhere, with the same class probability."""
+  block = np.zeros([7, H, W], np.float32)
+  block[:, 2:8, 2:8] = 1.0
+  fragment = np.zeros([7, H, W], np.float32)
+  fragment[3, 14:20, 24:30] = 1.0
+  probs = np.array([0.8, 0.1, 0.1], np.float32)
+  linker = linking.TrackLinker(7, (H, W), (H, W), num_classes=3, settings=linking.LinkSettings(clip_prior=1.0))
+  for center in range(7):
+    tracks = [linking.ClipTrack(0, block, probs, center=center)]
+    if center == 3:
+      tracks.append(linking.ClipTrack(0, fragment, probs, center=center))
+    linker.add_clip(tracks)
+  long_track, short_track = sorted(linker.finish(), key=lambda t: -t.num_clips)
+  assert (long_track.num_clips, short_track.num_clips) == (7, 1)
+  assert long_track.score == pytest.approx(0.8 * 7 / 8) and short_track.score == pytest.approx(0.8 / 2)
+
+
+def _hidden_then_back(reappear_x: float, label_after: int = 1):
+  """An object moving right 1 pixel a frame, hidden on frames 10..17 (longer than a clip), back on frame 18 at
+  column reappear_x (23 is where its motion leads) with class label_after."""
+  def path(f):
+    if 10 <= f <= 17:
+      return None
+    return (12, 5 + f) if f < 10 else (12, reappear_x + f - 18)
+  before = lambda f: path(f) if f < 10 else None
+  after = lambda f: path(f) if f >= 18 else None
+  return clips_from_scene([before, after], 24, label_of=[1, label_after])
+
+
+def test_an_object_hidden_longer_than_a_clip_keeps_its_track_with_reidentification():
+  clips = _hidden_then_back(reappear_x=23)
+  assert len(link(clips, 24)) == 2, "without re-identification nothing bridges the 8 hidden frames"
+  (track,) = link(clips, 24, reid_max_gap=9, reid_distance=1.0)
+  assert [f for f in range(24) if track.segmentations[f] is not None] == list(range(10)) + list(range(18, 24))
+  assert len(link(clips, 24, reid_max_gap=8, reid_distance=1.0)) == 2, "a gap of 9 frames is more than 8"
+
+
+def test_reidentification_needs_the_same_class_and_a_reappearance_where_the_motion_leads():
+  assert len(link(_hidden_then_back(reappear_x=23, label_after=2), 24, reid_max_gap=9, reid_distance=5.0)) == 2
+  # 12 pixels off the extrapolated path is 1.7 object sizes (a disc of radius 4 covers 49 pixels).
+  far = _hidden_then_back(reappear_x=35)
+  assert len(link(far, 24, reid_max_gap=9, reid_distance=1.0)) == 2
+  assert len(link(far, 24, reid_max_gap=9, reid_distance=2.0)) == 1
+  with pytest.raises(ValueError, match="reid_distance > 0"):
+    linking.TrackLinker(2, (H, W), (H, W), num_classes=3,
+                        settings=linking.LinkSettings(reid_max_gap=4, reid_distance=0.0))
