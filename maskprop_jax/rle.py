@@ -1,4 +1,5 @@
-"""Per-frame masks as compressed COCO run-length encodings (RLE): the one codec of data, evaluation and display.
+"""Per-frame masks as compressed COCO run-length encodings (RLE): the one codec of data, evaluation, linking and
+display.
 
 Annotation and results files store a frame's mask as compressed RLE (`counts` a str, or bytes once loaded by
 pycocotools), uncompressed RLE (`counts` a list of run lengths), polygons (lists of flat [x0, y0, x1, y1, ...])
@@ -39,6 +40,29 @@ def encode(mask: np.ndarray) -> Rle:
   binary = mask if mask.dtype == bool else mask != 0  # pycocotools starts a new run at every change of value
   rle = mask_api.encode(np.asfortranarray(binary, dtype=np.uint8))
   return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode("ascii")}
+
+
+def encode_patch(patch: np.ndarray, top: int, left: int, image_hw: tuple[int, int]) -> dict | None:
+  """COCO RLE of an [H, W] mask that is zero outside `patch` (bool [ph, pw] at row `top`, column `left`).
+
+  Run boundaries are found in the patch alone, so the cost follows the object's size, not the frame's.
+  """
+  height, width = image_hw
+  if not patch.any():
+    return None
+  # Columns as rows (RLE runs column-major), with a zero above and below each: every run closes in its column.
+  padded = np.zeros((patch.shape[1], patch.shape[0] + 2), np.int8)
+  padded[:, 1:-1] = patch.T
+  change_col, change_row = np.nonzero(np.diff(padded, axis=1))
+  positions = (left + change_col) * height + top + change_row
+  if patch.shape[0] == height:
+    # A run ending at the bottom of one column and one starting at the top of the next are a single run.
+    unique, counts = np.unique(positions, return_counts=True)
+    positions = unique[counts == 1]
+  boundaries = np.concatenate([[0], positions, [height * width]])
+  rle = mask_api.frPyObjects({"counts": np.diff(boundaries).tolist(), "size": [height, width]}, height, width)
+  rle["counts"] = rle["counts"].decode("ascii")
+  return rle
 
 
 def decode(rle: Rle) -> np.ndarray:

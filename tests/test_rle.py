@@ -1,7 +1,9 @@
-"""Tests for maskprop_jax/rle.py: every segmentation form normalizes to the same compressed RLE."""
+"""maskprop_jax/rle.py: every segmentation form normalizes to the same compressed RLE; a patch encodes as the
+whole mask does."""
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
 from maskprop_jax import rle
 from maskprop_jax.errors import InputError
@@ -134,3 +136,19 @@ def test_normalize_frames_names_the_bad_frame_and_drops_empty_masks():
     segmentations[frame] = bad
     with pytest.raises(InputError, match=f"^frame {frame}: "):
       rle.normalize_frames(segmentations, H, W, _frame_where)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_encode_patch_equals_pycocotools(seed):
+  rng = np.random.default_rng(seed)
+  height, width = 9, 7
+  patch = rng.random([rng.integers(1, 10), rng.integers(1, 8)]) > 0.4
+  top, left = rng.integers(0, height - patch.shape[0] + 1), rng.integers(0, width - patch.shape[1] + 1)
+  full = np.zeros([height, width], np.uint8)
+  full[top:top + patch.shape[0], left:left + patch.shape[1]] = patch
+  expected = mask_utils.encode(np.asfortranarray(full))
+  got = rle.encode_patch(patch, top, left, (height, width))
+  if not full.any():
+    assert got is None
+  else:
+    assert got["counts"] == expected["counts"].decode("ascii") and got["size"] == [height, width]

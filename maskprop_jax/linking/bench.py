@@ -38,7 +38,7 @@ def make_clips(num_frames, num_objects, half_window, mask_hw, seed=0):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__)
+  parser = argparse.ArgumentParser(prog="python -m maskprop_jax.linking.bench", description=__doc__)
   parser.add_argument("--frames", type=int, default=1000)
   parser.add_argument("--objects", type=int, default=10)
   parser.add_argument("--half-window", type=int, default=6, help="T: a clip spans 2T+1 frames")

@@ -1,15 +1,14 @@
 """Finishing a frame of a video track: its soft mask upsampled to the video's size, thresholded, RLE-encoded.
 
 The upsampling is the network's own bilinear rule (maskprop_jax.bilinear), computed only on the rows and columns
-where the result can reach the threshold, and the RLE is built from that patch alone: the cost follows the
+where the result can reach the threshold, and the RLE is built from that patch alone (rle.encode_patch): the cost follows the
 object's size, not the frame's.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from pycocotools import mask as mask_utils
-
+from maskprop_jax import rle
 from maskprop_jax.bilinear import bilinear_matrix, bilinear_taps
 
 
@@ -56,27 +55,4 @@ class Binarizer:
     sr0, sr1 = self.rows.inputs_of(r0, r1)
     sc0, sc1 = self.cols.inputs_of(c0, c1)
     patch = self.rows.weights[r0:r1, sr0:sr1] @ soft[sr0:sr1, sc0:sc1] @ self.cols.weights[c0:c1, sc0:sc1].T
-    return encode_patch(patch >= self.threshold, r0, c0, self.video_hw)
-
-
-def encode_patch(patch: np.ndarray, top: int, left: int, image_hw: tuple[int, int]) -> dict | None:
-  """COCO RLE of an [H, W] mask that is zero outside `patch` (bool [ph, pw] at row `top`, column `left`).
-
-  Run boundaries are found in the patch alone, so the cost follows the object's size, not the frame's.
-  """
-  height, width = image_hw
-  if not patch.any():
-    return None
-  # Columns as rows (RLE runs column-major), with a zero above and below each: every run closes in its column.
-  padded = np.zeros((patch.shape[1], patch.shape[0] + 2), np.int8)
-  padded[:, 1:-1] = patch.T
-  change_col, change_row = np.nonzero(np.diff(padded, axis=1))
-  positions = (left + change_col) * height + top + change_row
-  if patch.shape[0] == height:
-    # A run ending at the bottom of one column and one starting at the top of the next are a single run.
-    unique, counts = np.unique(positions, return_counts=True)
-    positions = unique[counts == 1]
-  boundaries = np.concatenate([[0], positions, [height * width]])
-  rle = mask_utils.frPyObjects({"counts": np.diff(boundaries).tolist(), "size": [height, width]}, height, width)
-  rle["counts"] = rle["counts"].decode("ascii")
-  return rle
+    return rle.encode_patch(patch >= self.threshold, r0, c0, self.video_hw)
