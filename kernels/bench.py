@@ -2,16 +2,18 @@
 
   python kernels/bench.py [--json] [--shapes small|all|auto] [--dtype float32|bfloat16] [--repeats 5]
 
-For each shape, every impl that runs here (xla everywhere; pallas on GPU / TPU) and torchvision's
-deform_conv2d when installed (CUDA when torch sees a GPU, else CPU) are timed for the forward and for
-forward + backward (gradients of every input): median wall time of --repeats runs after one warm-up run,
-synchronised (block_until_ready / cuda.synchronize). The masked form is compared with torchvision applied to
-the I masked copies of x stacked along the batch, which is what it replaces.
+For each shape, every impl that runs here (xla everywhere, and xla_projected for the masked shapes; pallas on
+GPU / TPU) and torchvision's deform_conv2d when installed (CUDA when torch sees a GPU, else CPU) are timed for
+the forward and for forward + backward (gradients of every input): median wall time of --repeats runs after one
+warm-up run, synchronised (block_until_ready / cuda.synchronize). The masked form is compared with torchvision
+applied to the I masked copies of x stacked along the batch, which is what it replaces.
 
 Throughput is counted from the GEMM FLOPs (2 * rows * K * C * O forward, three times that forward +
 backward) and from the minimum HBM traffic (every input read and every output written once); the roofline
 fraction is max(FLOPs / peak FLOP/s, bytes / peak bandwidth) / measured time, with the peak numbers of the
 device table below (vendor dense figures), or numbers measured here on a CPU (a large matmul and a copy).
+xla_projected does fewer FLOPs than that count (one projection per frame, not one GEMM per instance): its
+TFLOP/s and roofline fraction are effective figures, comparable with the other rows' as speed, not as efficiency.
 """
 
 from __future__ import annotations
@@ -217,7 +219,8 @@ def run(shapes, dtype_name: str, repeats: int) -> dict:
   for shape in shapes:
     inputs = _inputs(shape, dtype)
     flops_fwd, flops_fb, bytes_fwd, bytes_fb = _work(shape, dtype.itemsize)
-    timings = {impl: _time_jax(shape, impl, inputs, repeats) for impl in impls}
+    shape_impls = impls + (["xla_projected"] if shape.instances else [])  # projected: a masked-form impl
+    timings = {impl: _time_jax(shape, impl, inputs, repeats) for impl in shape_impls}
     baseline = _time_torchvision(shape, inputs, repeats)
     if baseline is not None:
       timings[baseline[2]] = baseline[:2]

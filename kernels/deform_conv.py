@@ -4,7 +4,9 @@
 instance masks of one frame with shared offsets, reading x once. Arguments are checked by
 kernels.geometry.ConvGeometry.from_arguments (the one check every impl shares). The forward runs the chosen
 implementation (pure XLA, or the Pallas kernel of kernels.pallas_gpu / kernels.pallas_tpu); the backward is
-always the XLA one in kernels.xla_impl.
+always the XLA one in kernels.xla_impl. impl="xla_projected" (kernels.projected: project x by the weight once,
+then gather per instance) has its own forward and backward and is never picked by "auto"; plain deform_conv2d
+runs it with one all-ones instance mask.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import jax
 # Triton / Mosaic bindings of jaxlib, which jaxlib ships for every platform and which `import jax` itself
 # already loads (jax._src.lib imports jaxlib.gpu_triton and jaxlib.mosaic unconditionally), so if jax
 # imports, so do they. Importing a kernel module runs no kernel and needs no GPU or TPU.
-from maskprop_jax.kernels import pallas_gpu, pallas_tpu, xla_impl
+from maskprop_jax.kernels import pallas_gpu, pallas_tpu, projected, xla_impl
 from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair
 
-IMPLS = ("auto", "xla", "pallas", "pallas_gpu", "pallas_tpu")
+IMPLS = ("auto", "xla", "xla_projected", "pallas", "pallas_gpu", "pallas_tpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +31,7 @@ class _Config:
   """The non-differentiable arguments of the custom VJP (hashable)."""
 
   geometry: ConvGeometry
-  impl: str  # resolved: "xla", "pallas_gpu" or "pallas_tpu"
+  impl: str  # resolved: "xla", "xla_projected", "pallas_gpu" or "pallas_tpu"
   interpret: bool
 
 
@@ -47,7 +49,7 @@ def resolve_impl(impl: str, interpret: bool = False) -> str:
     return "xla"
   if impl == "pallas":
     impl = "pallas_tpu" if backend == "tpu" else "pallas_gpu"
-  if impl != "xla" and backend == "cpu" and not interpret:
+  if impl not in ("xla", "xla_projected") and backend == "cpu" and not interpret:
     raise ValueError(f"deform_conv2d: impl={impl!r} needs a GPU or TPU backend (this one is {backend!r}); "
                      "pass interpret=True to run the Pallas kernel in interpret mode on CPU")
   return impl
@@ -69,7 +71,7 @@ def _deform_conv(config: _Config, x, offsets, mask, weight, instance_masks):
       return pallas_tpu.deform_conv2d_fwd(x, offsets, mask, weight, **conv, interpret=config.interpret)
     return pallas_tpu.masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, **conv,
                                                interpret=config.interpret)
-  raise AssertionError(f"unresolved impl {config.impl!r}")  # resolve_impl returns one of the three above
+  raise AssertionError(f"unresolved impl {config.impl!r}")  # xla_projected never gets here (_forward)
 
 
 def _deform_conv_fwd(config: _Config, x, offsets, mask, weight, instance_masks):
@@ -85,6 +87,17 @@ def _deform_conv_bwd(config: _Config, residuals, out_grad):
 
 
 _deform_conv.defvjp(_deform_conv_fwd, _deform_conv_bwd)
+
+
+def _forward(config: _Config, x, offsets, mask, weight, instance_masks):
+  """_deform_conv, or kernels.projected (its own custom VJP) for impl="xla_projected"."""
+  if config.impl != "xla_projected":
+    return _deform_conv(config, x, offsets, mask, weight, instance_masks)
+  conv = config.geometry.conv_kwargs()
+  if instance_masks is not None:
+    return projected.masked_deform_conv2d(x, instance_masks, offsets, weight, mask, **conv)
+  ones = jax.numpy.ones((x.shape[0], 1) + x.shape[1:3], x.dtype)  # [N, 1, H, W]: DCN(1 * x)
+  return projected.masked_deform_conv2d(x, ones, offsets, weight, mask, **conv)[:, 0]
 
 
 def _prepare(op, x, offsets, weight, mask, bias, instance_masks, stride, padding, dilation, offset_groups,
@@ -112,7 +125,8 @@ def deform_conv2d(x: jax.Array, offsets: jax.Array, weight: jax.Array, mask: jax
     stride, padding, dilation: ints or (h, w) pairs.
     offset_groups: channels are split into this many groups, each with its own offsets.
     impl: "xla", "pallas" (GPU or TPU kernel for the default backend), "pallas_gpu", "pallas_tpu", or "auto"
-      (Pallas on GPU / TPU, XLA on CPU). The backward is XLA's for every impl.
+      (Pallas on GPU / TPU, XLA on CPU). The backward is XLA's for every impl. "xla_projected" (never chosen
+      by "auto") runs kernels.projected with one all-ones instance mask: exact, meant for masked_deform_conv2d.
     interpret: run a Pallas kernel in interpret mode (lets the Pallas impls run on CPU, for tests).
 
   Returns:
@@ -120,7 +134,7 @@ def deform_conv2d(x: jax.Array, offsets: jax.Array, weight: jax.Array, mask: jax
   """
   config = _prepare("deform_conv2d", x, offsets, weight, mask, bias, None, stride, padding, dilation,
                     offset_groups, impl, interpret)
-  out = _deform_conv(config, x, offsets, mask, weight, None)
+  out = _forward(config, x, offsets, mask, weight, None)
   return out if bias is None else out + bias.astype(out.dtype)
 
 
@@ -136,12 +150,14 @@ def masked_deform_conv2d(x: jax.Array, instance_masks: jax.Array, offsets: jax.A
   Args:
     x: [N, H, W, C] frame features.
     instance_masks: [N, I, H, W] per-instance masks (soft values allowed).
-    offsets, weight, mask, bias, stride, padding, dilation, offset_groups, impl, interpret: as deform_conv2d.
+    offsets, weight, mask, bias, stride, padding, dilation, offset_groups, impl, interpret: as deform_conv2d;
+      impl="xla_projected" computes x @ W once for all instances, then gathers it per instance
+      (kernels.projected; exact, its own backward).
 
   Returns:
     [N, I, Ho, Wo, O] in x's dtype.
   """
   config = _prepare("masked_deform_conv2d", x, offsets, weight, mask, bias, instance_masks, stride, padding,
                     dilation, offset_groups, impl, interpret)
-  out = _deform_conv(config, x, offsets, mask, weight, instance_masks)
+  out = _forward(config, x, offsets, mask, weight, instance_masks)
   return out if bias is None else out + bias.astype(out.dtype)

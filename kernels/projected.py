@@ -1,0 +1,241 @@
+"""masked_deform_conv2d with the projection first: z = x W once per frame, then a gather of z per instance.
+
+DCN(M_i * x) at output p is sum_k W_k^T sum_corners w_c(p, k) m(p, k) M_i(c) x(c) (w_c bilinear weights, m the
+modulation mask). The convolution is linear in x, so W_k can move inside the sum:
+
+  out_i(p) = sum_{k, g, c} w_c(p, k, g) m(p, k, g) M_i(c) z[g, c, k]
+  z[g, pixel, k] = x[pixel, channels of group g] @ W_k[rows of group g]   ([O], the projection)
+
+z is one GEMM per frame ([pixels, Cg] x [Cg, K * O] per offset group g), paid once whatever the number of
+instances; per instance and output what is left is a gather of O channels at 4 * K * G corners and a
+[I, 4KG] x [4KG, O] contraction. The sample-then-GEMM form (kernels.xla_impl) costs a K*C x O GEMM per
+instance and output, C / (4 G) times more multiply-adds per instance at C = O.
+
+Exact, not an approximation: same corners, same weights, same out-of-image rule as xla_impl (whose corner
+helpers this module calls, so the two cannot drift apart); only the order of the sums changes.
+
+Layout: x [N, H, W, C], weight [kh, kw, C, O], offsets [N, Ho, Wo, G, K, 2] in (dy, dx), mask [N, Ho, Wo, G, K]
+or None, instance_masks [N, I, H, W]; K = kh * kw taps, G offset groups of Cg = C / G channels, P = N * Hp * Wp
+pixels of x zero-padded by one pixel (xla_impl's border, which turns the corner rule into a plain gather).
+
+Memory: z is [G, P, K, O] (K * O / Cg times x), kept in x's dtype; the backward accumulates its gradient dz in
+float32 (same size) because corners of different output chunks overlap. The output rows are processed in chunks
+(a lax.scan, xla_impl's budget) so that one chunk's gathered z and its gradient stay bounded; at the test sizes
+there is a single chunk unless a test asks for small ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair
+from maskprop_jax.kernels.xla_impl import (_chunk_rows, _corner_weights, _corner_weights_vjp, _pad_flat_masks,
+                                           _padded_hw, _scan_chunks, _take, _tap_bases, _unchunk,
+                                           default_chunk_elements)
+
+_CORNERS = 4
+
+
+def _dot(a, b, contract, batch):
+  """dot_general with float32 accumulation; full fp32 precision for fp32 operands (no TF32 / bf16 passes)."""
+  precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+  return jax.lax.dot_general(a, b, (contract, batch), precision=precision, preferred_element_type=jnp.float32)
+
+
+def _grouped_weight(weight, geometry: ConvGeometry):
+  """weight [kh, kw, C, O] -> [G, Cg, K * O]: group g's rows of every W_k, side by side."""
+  groups, cg = geometry.offset_groups, geometry.group_channels
+  w = weight.reshape(geometry.taps, groups, cg, geometry.out_channels)
+  return jnp.transpose(w, (1, 2, 0, 3)).reshape(groups, cg, -1)
+
+
+def _padded_x(x, geometry: ConvGeometry):
+  """x [N, H, W, C] -> zero-padded [P, G, Cg]; the border projects to zero rows of z (there is no bias in z)."""
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return xp.reshape(-1, geometry.offset_groups, geometry.group_channels)
+
+
+def _project(x, weight, geometry: ConvGeometry):
+  """z [G * P * K, O] in x's dtype, row (g * P + pixel) * K + k: the per-frame GEMM, one per offset group."""
+  xp = _padded_x(x, geometry)  # [P, G, Cg]
+  z = _dot(xp, _grouped_weight(weight, geometry).astype(x.dtype), ((2,), (1,)), ((1,), (0,)))  # [G, P, K*O]
+  return z.astype(x.dtype).reshape(-1, geometry.out_channels)
+
+
+def _split_rows(a, num_rows: int, rows_per_chunk: int, num_chunks: int, swap_group_tap: bool):
+  """[N, Ho, Wo, ...] -> [c, m, ...], the last chunk zero-padded; offsets / mask go (G, K) -> (K, G) order."""
+  a = a.reshape((num_rows,) + a.shape[3:])
+  if swap_group_tap:
+    a = jnp.swapaxes(a, 1, 2)
+  a = jnp.pad(a, ((0, num_chunks * rows_per_chunk - num_rows),) + ((0, 0),) * (a.ndim - 1))
+  return a.reshape((num_chunks, rows_per_chunk) + a.shape[1:])
+
+
+def _plan(geometry: ConvGeometry, chunk_elements: int | None):
+  """(rows per chunk, number of chunks, number of output rows)."""
+  num_rows = geometry.batch * geometry.out_h * geometry.out_w
+  # Per output row a chunk holds the gathered z [4KG, O] (and its float32 gradient) and the scales [4KG, I].
+  corners = _CORNERS * geometry.taps * geometry.offset_groups
+  row_elements = corners * (geometry.out_channels + geometry.num_instances)
+  budget = default_chunk_elements() if chunk_elements is None else chunk_elements
+  rows_per_chunk = _chunk_rows(num_rows, row_elements, budget)
+  return rows_per_chunk, math.ceil(num_rows / rows_per_chunk), num_rows
+
+
+def _corner_rows(corner, image, geometry: ConvGeometry):
+  """Rows of the 4 corners of every sample in z [G*P*K, O] and in the padded masks [P, I].
+
+  corner [m, K, G, 2] (top-left, padded coordinates), image [m]. Returns z_rows, mask_rows, both
+  [m, K * G * 4] int32 in (tap, group, corner) order, the order of the corner weights [m, K, G, 4].
+  """
+  hp, wp = _padded_hw(geometry)
+  taps, groups = geometry.taps, geometry.offset_groups
+  num_pixels = geometry.batch * hp * wp
+  pixel = (image[:, None, None] * hp + corner[..., 0]) * wp + corner[..., 1]  # [m, K, G]
+  step = jnp.array((0, 1, wp, wp + 1), jnp.int32)  # (0,0), (0,1), (1,0), (1,1) in (dy, dx)
+  mask_rows = pixel[..., None] + step  # [m, K, G, 4]
+  g = jnp.arange(groups, dtype=jnp.int32)[None, None, :, None]
+  k = jnp.arange(taps, dtype=jnp.int32)[None, :, None, None]
+  z_rows = (g * num_pixels + mask_rows) * taps + k
+  m = corner.shape[0]
+  return z_rows.reshape(m, -1), mask_rows.reshape(m, -1)
+
+
+def _chunk_terms(z_flat, masks_flat, chunk_offsets, chunk_mask, index, rows_per_chunk, geometry, with_vjp):
+  """The gathered z [m, 4KG, O] (x's dtype), float32 scales [m, 4KG, I] = corner weight * M_i(corner), and what
+  the backward needs: corner weights [m, 4KG, 1], masks at the corners [m, 4KG, I], rows and the weights' VJP."""
+  rows = index * rows_per_chunk + jnp.arange(rows_per_chunk)
+  base, image = _tap_bases(rows, geometry, geometry.batch)
+  if with_vjp:
+    weights, corner, weights_vjp = _corner_weights_vjp(chunk_offsets, chunk_mask, base, geometry.in_hw)
+  else:
+    weights, corner = _corner_weights(chunk_offsets, chunk_mask, base, geometry.in_hw)
+    weights_vjp = None
+  z_rows, mask_rows = _corner_rows(corner, image, geometry)  # [m, 4KG]
+  values = _take(z_flat, z_rows.reshape(-1)).reshape(rows_per_chunk, -1, geometry.out_channels)  # [m, 4KG, O]
+  at_corner = _take(masks_flat, mask_rows.reshape(-1)).astype(jnp.float32).reshape(
+      rows_per_chunk, -1, geometry.num_instances)  # [m, 4KG, I]
+  corner_weights = weights.reshape(rows_per_chunk, -1, 1)  # [m, 4KG, 1] float32, modulation included
+  return values, corner_weights * at_corner, (corner_weights, at_corner, z_rows, mask_rows, weights_vjp)
+
+
+def masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, *, stride: IntOrPair, padding: IntOrPair,
+                             dilation: IntOrPair, offset_groups: int, chunk_elements: int | None = None):
+  """Forward only: [N, I, Ho, Wo, O] = DCN(M_i * x) in x's dtype (float32 accumulation)."""
+  geometry = ConvGeometry.from_arguments(
+      "projected.masked_deform_conv2d_fwd", x=x, offsets=offsets, weight=weight, mask=mask,
+      instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
+      offset_groups=offset_groups)
+  rows_per_chunk, num_chunks, num_rows = _plan(geometry, chunk_elements)
+  z_flat = _project(x, weight, geometry)  # [G*P*K, O]
+  masks_flat = _pad_flat_masks(instance_masks)  # [P, I]
+  offsets_c = _split_rows(offsets, num_rows, rows_per_chunk, num_chunks, swap_group_tap=True)  # [c, m, K, G, 2]
+  mask_c = None if mask is None else _split_rows(mask, num_rows, rows_per_chunk, num_chunks, True)
+
+  def body(carry, chunk):
+    index, chunk_offsets, chunk_mask = chunk
+    values, scale, _ = _chunk_terms(z_flat, masks_flat, chunk_offsets, chunk_mask, index, rows_per_chunk,
+                                    geometry, with_vjp=False)
+    out = _dot(scale.astype(x.dtype), values, ((1,), (1,)), ((0,), (0,)))  # [m, I, O]
+    return carry, out.astype(x.dtype)
+
+  _, out = _scan_chunks(body, (), (offsets_c, mask_c), num_chunks)  # [c, m, I, O]
+  out = _unchunk(out, num_rows, (geometry.batch,) + geometry.out_hw)  # [N, Ho, Wo, I, O]
+  return jnp.transpose(out, (0, 3, 1, 2, 4))
+
+
+def masked_deform_conv2d_bwd(x, instance_masks, offsets, mask, weight, out_grad, *, stride: IntOrPair,
+                             padding: IntOrPair, dilation: IntOrPair, offset_groups: int,
+                             chunk_elements: int | None = None):
+  """Gradients (x, instance_masks, offsets, mask, weight) of sum(forward * out_grad); mask's is None when it is.
+
+  Per chunk: d scale = out_grad . z_corners (-> instance-mask and corner-weight gradients, the latter through
+  xla_impl's corner-weight VJP to offsets and mask) and dz_corners = scale^T . out_grad, scatter-added into dz.
+  Then the two per-frame GEMMs: dx = dz W^T and dW_k = x^T dz_k. z is recomputed (one GEMM) rather than kept
+  from the forward: it is K * O / Cg times the size of x.
+  """
+  geometry = ConvGeometry.from_arguments(
+      "projected.masked_deform_conv2d_bwd", x=x, offsets=offsets, weight=weight, mask=mask,
+      instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
+      offset_groups=offset_groups)
+  batch, instances, out_channels = geometry.batch, geometry.num_instances, geometry.out_channels
+  rows_per_chunk, num_chunks, num_rows = _plan(geometry, chunk_elements)
+  z_flat = _project(x, weight, geometry)  # [G*P*K, O]
+  masks_flat = _pad_flat_masks(instance_masks)  # [P, I]
+  offsets_c = _split_rows(offsets, num_rows, rows_per_chunk, num_chunks, swap_group_tap=True)
+  mask_c = None if mask is None else _split_rows(mask, num_rows, rows_per_chunk, num_chunks, True)
+  grads_c = _split_rows(jnp.transpose(out_grad, (0, 2, 3, 1, 4)).astype(x.dtype), num_rows, rows_per_chunk,
+                        num_chunks, swap_group_tap=False)  # [c, m, I, O]
+
+  def body(carry, chunk):
+    d_z_flat, d_masks_flat = carry
+    index, chunk_offsets, chunk_mask, chunk_grads = chunk
+    values, scale, (corner_weights, at_corner, z_rows, mask_rows, weights_vjp) = _chunk_terms(
+        z_flat, masks_flat, chunk_offsets, chunk_mask, index, rows_per_chunk, geometry, with_vjp=True)
+    d_scale = _dot(values, chunk_grads, ((2,), (2,)), ((0,), (0,)))  # [m, 4KG, I]
+    d_values = _dot(scale.astype(x.dtype), chunk_grads, ((2,), (1,)), ((0,), (0,)))  # [m, 4KG, O]
+    d_z_flat = d_z_flat.at[z_rows.reshape(-1)].add(d_values.reshape(-1, out_channels), mode="promise_in_bounds")
+    d_masks_flat = d_masks_flat.at[mask_rows.reshape(-1)].add((corner_weights * d_scale).reshape(-1, instances),
+                                                              mode="promise_in_bounds")
+    d_weights = jnp.sum(at_corner * d_scale, axis=-1)  # [m, 4KG]
+    d_offsets, d_mask = weights_vjp(d_weights.reshape(chunk_offsets.shape[:3] + (_CORNERS,)))
+    return (d_z_flat, d_masks_flat), (d_offsets, d_mask)
+
+  carry = (jnp.zeros(z_flat.shape, jnp.float32), jnp.zeros(masks_flat.shape, jnp.float32))
+  (d_z_flat, d_masks_flat), (d_offsets, d_mask) = _scan_chunks(body, carry, (offsets_c, mask_c, grads_c),
+                                                               num_chunks)
+
+  groups, hp, wp = geometry.offset_groups, *_padded_hw(geometry)
+  h, w = geometry.in_hw
+  d_z = d_z_flat.reshape(groups, batch * hp * wp, -1).astype(x.dtype)  # [G, P, K*O]
+  w_grouped = _grouped_weight(weight, geometry).astype(x.dtype)  # [G, Cg, K*O]
+  d_x = _dot(d_z, w_grouped, ((2,), (2,)), ((0,), (0,)))  # [G, P, Cg]
+  d_x = jnp.transpose(d_x, (1, 0, 2)).reshape(batch, hp, wp, -1)[:, 1:h + 1, 1:w + 1]
+  # The zero border of the padded x adds nothing to dW, so the padded pixels need no cropping here.
+  d_weight = _dot(_padded_x(x, geometry), d_z, ((0,), (1,)), ((1,), (0,)))  # [G, Cg, K*O]
+  d_weight = jnp.transpose(d_weight.reshape(groups, geometry.group_channels, geometry.taps, out_channels),
+                           (2, 0, 1, 3)).reshape(weight.shape)
+  d_masks = d_masks_flat.reshape(batch, hp, wp, instances)[:, 1:h + 1, 1:w + 1]
+  d_offsets = jnp.swapaxes(_unchunk(d_offsets, num_rows, (batch,) + geometry.out_hw), 3, 4)
+  d_mask = None if mask is None else jnp.swapaxes(_unchunk(d_mask, num_rows, (batch,) + geometry.out_hw), 3, 4)
+  return (d_x.astype(x.dtype), jnp.transpose(d_masks, (0, 3, 1, 2)).astype(instance_masks.dtype),
+          d_offsets.astype(offsets.dtype), None if d_mask is None else d_mask.astype(mask.dtype),
+          d_weight.astype(weight.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _projected(conv: tuple, chunk_elements, x, instance_masks, offsets, mask, weight):
+  return masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, **dict(conv),
+                                  chunk_elements=chunk_elements)
+
+
+def _projected_fwd(conv, chunk_elements, x, instance_masks, offsets, mask, weight):
+  out = _projected(conv, chunk_elements, x, instance_masks, offsets, mask, weight)
+  return out, (x, instance_masks, offsets, mask, weight)
+
+
+def _projected_bwd(conv, chunk_elements, residuals, out_grad):
+  return masked_deform_conv2d_bwd(*residuals, out_grad, **dict(conv), chunk_elements=chunk_elements)
+
+
+_projected.defvjp(_projected_fwd, _projected_bwd)
+
+
+def masked_deform_conv2d(x, instance_masks, offsets, weight, mask=None, *, stride: IntOrPair = 1,
+                         padding: IntOrPair = 1, dilation: IntOrPair = 1, offset_groups: int = 1,
+                         chunk_elements: int | None = None):
+  """deform_conv2d(instance_masks[:, i, :, :, None] * x, ...) for every i, projected first; differentiable.
+
+  Arguments as kernels.masked_deform_conv2d (no bias: the public function adds it), plus chunk_elements, the
+  per-chunk element budget (None: the backend's default, as xla_impl). Returns [N, I, Ho, Wo, O] in x's dtype.
+  """
+  geometry = ConvGeometry.from_arguments(
+      "projected.masked_deform_conv2d", x=x, offsets=offsets, weight=weight, mask=mask,
+      instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
+      offset_groups=offset_groups)
+  conv = tuple(sorted(geometry.conv_kwargs().items()))  # hashable: a custom_vjp non-differentiable argument
+  return _projected(conv, chunk_elements, x, instance_masks, offsets, mask, weight)
