@@ -19,12 +19,10 @@ import collections
 import dataclasses
 import functools
 import sys
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
