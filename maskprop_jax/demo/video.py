@@ -5,8 +5,8 @@
 The model is a train.py run's latest checkpoint (`--workdir`, configured by the run's config.json or `--config`),
 or a converted Mask R-CNN (`--params`) with a randomly initialised propagation head (the clip settings and the
 head's shape then come from `--config`, by default the package's maskprop_jax.default_config). Frames stream
-through inference.predictor.VideoPredictor; the overlay draws each track's mask, box, id, class and score in a colour of its own;
-the JSON is the YouTube-VIS results format with video_id 0 and the model's category ids.
+through inference.predictor.VideoPredictor; the overlay draws each track's mask, box, id, class and score in a
+colour of its own; the JSON is the YouTube-VIS results format with video_id 0 and the model's category ids.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Finishing a frame of a video track: its soft mask upsampled to the video's size, thresholded, RLE-encoded.
 
 The upsampling is the network's own bilinear rule (maskprop_jax.bilinear), computed only on the rows and columns
-where the result can reach the threshold, and the RLE is built from that patch alone (rle.encode_patch): the cost follows the
-object's size, not the frame's.
+where the result can reach the threshold, and the RLE is built from that patch alone (rle.encode_patch): the
+cost follows the object's size, not the frame's.
 """
 
 from __future__ import annotations

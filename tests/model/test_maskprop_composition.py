@@ -1,9 +1,9 @@
 """MaskProp composes the detector's features-level API (MaskRCNN.features, detect_from_features,
-losses_from_features, box_mask_probs) with bitwise the numbers of the wiring it replaced (MaskRCNN's own __call__
-and losses, which use the same API, are held to torchvision's numbers by test_mask_rcnn.py and test_rpn.py): the `_old_*` functions
-below are maskprop.py's and mask_rcnn.py's code from before, calling the RPN and the RoI heads directly. Training
-must reproduce earlier runs bit for bit, so losses and gradients are compared with assert_array_equal, not a
-tolerance."""
+losses_from_features, box_mask_probs) with bitwise the numbers of the wiring it replaced (MaskRCNN's own
+__call__ and losses, which use the same API, are held to torchvision's numbers by test_mask_rcnn.py and
+test_rpn.py): the `_old_*` functions below are maskprop.py's code from before, calling the RPN and the RoI heads
+directly. Training must reproduce earlier runs bit for bit, so losses and gradients are compared with
+assert_array_equal, not a tolerance."""
 
 import functools
 import math

@@ -1,5 +1,6 @@
-"""The training loop and step on the tiny config: one real step, 4 devices against 1, a non-finite loss stopping the loop, an
-unsupported compute dtype refused, a run fine-tuned from converted weights rebuilt identically by every program."""
+"""The training loop and step on the tiny config: one real step, 4 devices against 1, a non-finite loss stopping
+the loop, an unsupported compute dtype refused, a run fine-tuned from converted weights rebuilt identically by
+every program."""
 
 import subprocess
 import sys
