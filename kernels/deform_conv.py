@@ -5,8 +5,8 @@ instance masks of one frame with shared offsets, reading x once. Arguments are c
 kernels.geometry.ConvGeometry.from_arguments (the one check every impl shares). The forward runs the chosen
 implementation (pure XLA, or the Pallas kernel of kernels.pallas_gpu / kernels.pallas_tpu); the backward is
 always the XLA one in kernels.xla_impl. impl="xla_projected" (kernels.projected: project x by the weight once,
-then gather per instance) has its own forward and backward and is never picked by "auto"; plain deform_conv2d
-runs it with one all-ones instance mask.
+then gather per instance) has its own forward and backward; "auto" picks it for the masked form on a CPU, and
+plain deform_conv2d runs it (when asked) with one all-ones instance mask.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 
 # Plain imports of both Pallas modules on every platform: they need only jax.experimental.pallas and the
 # Triton / Mosaic bindings of jaxlib, which jaxlib ships for every platform and which `import jax` itself
@@ -35,8 +36,12 @@ class _Config:
   interpret: bool
 
 
-def resolve_impl(impl: str, interpret: bool = False) -> str:
-  """Maps "auto" / "pallas" to a concrete implementation for the default backend."""
+def resolve_impl(impl: str, interpret: bool = False, *, masked: bool = False) -> str:
+  """Maps "auto" / "pallas" to a concrete implementation for the default backend.
+
+  masked: for masked_deform_conv2d, whose "auto" on a CPU is "xla_projected" (the projection paid once per
+  frame, not once per instance: several times faster at MaskProp's sizes).
+  """
   if impl not in IMPLS:
     raise ValueError(f"deform_conv2d: impl must be one of {IMPLS}, got {impl!r}")
   backend = jax.default_backend()
@@ -46,7 +51,7 @@ def resolve_impl(impl: str, interpret: bool = False) -> str:
       return "pallas_gpu"
     if backend == "tpu":
       return "pallas_tpu"
-    return "xla"
+    return "xla_projected" if masked else "xla"
   if impl == "pallas":
     impl = "pallas_tpu" if backend == "tpu" else "pallas_gpu"
   if impl not in ("xla", "xla_projected") and backend == "cpu" and not interpret:
@@ -92,21 +97,31 @@ _deform_conv.defvjp(_deform_conv_fwd, _deform_conv_bwd)
 def _forward(config: _Config, x, offsets, mask, weight, instance_masks):
   """_deform_conv, or kernels.projected (its own custom VJP) for impl="xla_projected"."""
   if config.impl != "xla_projected":
+    warps = config.geometry.warps
+    if warps > 1:  # the sample-then-GEMM impls read one frame per output image: repeat the frames
+      x, instance_masks = jnp.repeat(x, warps, axis=0), jnp.repeat(instance_masks, warps, axis=0)
+      config = dataclasses.replace(config, geometry=dataclasses.replace(config.geometry,
+                                                                        batch=config.geometry.out_batch, warps=1))
     return _deform_conv(config, x, offsets, mask, weight, instance_masks)
   conv = config.geometry.conv_kwargs()
   if instance_masks is not None:
     return projected.masked_deform_conv2d(x, instance_masks, offsets, weight, mask, **conv)
-  ones = jax.numpy.ones((x.shape[0], 1) + x.shape[1:3], x.dtype)  # [N, 1, H, W]: DCN(1 * x)
+  ones = jnp.ones((x.shape[0], 1) + x.shape[1:3], x.dtype)  # [N, 1, H, W]: DCN(1 * x)
   return projected.masked_deform_conv2d(x, ones, offsets, weight, mask, **conv)[:, 0]
 
 
 def _prepare(op, x, offsets, weight, mask, bias, instance_masks, stride, padding, dilation, offset_groups,
              impl, interpret) -> _Config:
   """Resolves impl and checks every argument (kernels.geometry, shared with the impls)."""
-  impl = resolve_impl(impl, interpret)
+  impl = resolve_impl(impl, interpret, masked=instance_masks is not None)
+  warps = 1
+  n, images = x.shape[0], offsets.shape[0]
+  if instance_masks is not None and n and images > n and images % n == 0:
+    warps = images // n  # R offset fields per frame; any other mismatch is reported by the check
   geometry = ConvGeometry.from_arguments(op, x=x, offsets=offsets, weight=weight, mask=mask,
                                          instance_masks=instance_masks, bias=bias, stride=stride,
-                                         padding=padding, dilation=dilation, offset_groups=offset_groups)
+                                         padding=padding, dilation=dilation, offset_groups=offset_groups,
+                                         warps=warps)
   return _Config(geometry, impl, bool(interpret))
 
 
@@ -125,8 +140,8 @@ def deform_conv2d(x: jax.Array, offsets: jax.Array, weight: jax.Array, mask: jax
     stride, padding, dilation: ints or (h, w) pairs.
     offset_groups: channels are split into this many groups, each with its own offsets.
     impl: "xla", "pallas" (GPU or TPU kernel for the default backend), "pallas_gpu", "pallas_tpu", or "auto"
-      (Pallas on GPU / TPU, XLA on CPU). The backward is XLA's for every impl. "xla_projected" (never chosen
-      by "auto") runs kernels.projected with one all-ones instance mask: exact, meant for masked_deform_conv2d.
+      (Pallas on GPU / TPU, XLA on CPU). The backward is XLA's for every impl. "xla_projected" (chosen by
+      "auto" for masked_deform_conv2d only) runs kernels.projected with one all-ones instance mask: exact.
     interpret: run a Pallas kernel in interpret mode (lets the Pallas impls run on CPU, for tests).
 
   Returns:
@@ -150,12 +165,15 @@ def masked_deform_conv2d(x: jax.Array, instance_masks: jax.Array, offsets: jax.A
   Args:
     x: [N, H, W, C] frame features.
     instance_masks: [N, I, H, W] per-instance masks (soft values allowed).
-    offsets, weight, mask, bias, stride, padding, dilation, offset_groups, impl, interpret: as deform_conv2d;
+    offsets: [N*R, Ho, Wo, offset_groups, kh * kw, 2]: R >= 1 offset fields per frame (R warps of one frame,
+      MaskProp's center frame toward each reference frame); output image b warps frame b // R.
+    weight, mask, bias, stride, padding, dilation, offset_groups, impl, interpret: as deform_conv2d (mask
+      [N*R, ...]);
       impl="xla_projected" computes x @ W once for all instances, then gathers it per instance
       (kernels.projected; exact, its own backward).
 
   Returns:
-    [N, I, Ho, Wo, O] in x's dtype.
+    [N*R, I, Ho, Wo, O] in x's dtype.
   """
   config = _prepare("masked_deform_conv2d", x, offsets, weight, mask, bias, instance_masks, stride, padding,
                     dilation, offset_groups, impl, interpret)

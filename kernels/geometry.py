@@ -8,9 +8,11 @@ ValueError whichever implementation is called, one of
   <op>: `<argument>` must be ..., got V            (stride, padding, dilation, offset_groups)
 where <op> names the function the caller called.
 
-Layout (NHWC): x [N, H, W, C], weight [kh, kw, C, O], offsets [N, Ho, Wo, G, K, 2] in (dy, dx), mask
-[N, Ho, Wo, G, K] or None, instance_masks [N, I, H, W] or None, bias [O] or None; K = kh * kw taps and
-G offset groups of Cg = C / G channels each.
+Layout (NHWC): x [N, H, W, C], weight [kh, kw, C, O], offsets [N*R, Ho, Wo, G, K, 2] in (dy, dx), mask
+[N*R, Ho, Wo, G, K] or None, instance_masks [N, I, H, W] or None, bias [O] or None; K = kh * kw taps and
+G offset groups of Cg = C / G channels each. R = `warps` (1 unless asked for): the masked form may warp each
+frame of x by R offset fields, output image b reading frame b // R (MaskProp's center frame, warped toward
+each reference frame of its clip); the output then has N*R images.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ class ConvGeometry:
   stride: Pair
   padding: Pair
   dilation: Pair
+  warps: int = 1  # R offset fields per frame of x (masked form only)
+
+  @property
+  def out_batch(self) -> int:
+    """Images of the output (and of offsets and mask): N * R."""
+    return self.batch * self.warps
 
   @property
   def taps(self) -> int:
@@ -95,12 +103,13 @@ class ConvGeometry:
   @classmethod
   def from_arguments(cls, op: str, *, x, offsets, weight, mask=None, instance_masks=None, bias=None,
                      stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair, offset_groups: int,
-                     weight_dtype_of_x: bool = False) -> "ConvGeometry":
+                     weight_dtype_of_x: bool = False, warps: int = 1) -> "ConvGeometry":
     """Checks every argument against x and weight; raises ValueError naming the first bad one.
 
     op: the function the caller called, the prefix of every message.
     weight_dtype_of_x: also require weight.dtype == x.dtype. The Pallas kernels need it (they feed weight
       tiles to the MXU / tensor cores next to x's tiles without a cast); the XLA impl casts weight itself.
+    warps: R, the offset fields per frame of x (offsets and mask have N*R images); R > 1 needs instance_masks.
     Keyword-only arrays: the impls take them in different orders, and a swapped pair must not pass.
     """
     stride = as_pair(op, "stride", stride, 1)
@@ -127,15 +136,18 @@ class ConvGeometry:
     if out_h < 1 or out_w < 1:
       raise _shape_error(op, "x", x, f"room for a {kh}x{kw} kernel with stride {stride}, padding {padding} "
                          f"and dilation {dilation}: it leaves no output position (output {out_h}x{out_w})")
+    if not isinstance(warps, int) or warps < 1 or (warps > 1 and instance_masks is None):
+      raise ValueError(f"{op}: `warps` must be an int >= 1, and 1 without instance masks; got {warps!r}")
     where = (f"`x` {tuple(x.shape)}, a {kh}x{kw} kernel, stride {stride}, padding {padding}, dilation "
              f"{dilation} and offset_groups {groups}")
-    expected_offsets = (batch, out_h, out_w, groups, kh * kw, 2)
+    images = "N" if warps == 1 else f"N*R, R={warps} warps per frame"
+    expected_offsets = (batch * warps, out_h, out_w, groups, kh * kw, 2)
     if tuple(offsets.shape) != expected_offsets:
       raise _shape_error(op, "offsets", offsets,
-                         f"{expected_offsets} = (N, Ho, Wo, offset_groups, kh*kw, (dy, dx)) for {where}")
+                         f"{expected_offsets} = ({images}, Ho, Wo, offset_groups, kh*kw, (dy, dx)) for {where}")
     if mask is not None and tuple(mask.shape) != expected_offsets[:-1]:
       raise _shape_error(op, "mask", mask,
-                         f"{expected_offsets[:-1]} = (N, Ho, Wo, offset_groups, kh*kw) for {where}")
+                         f"{expected_offsets[:-1]} = ({images}, Ho, Wo, offset_groups, kh*kw) for {where}")
     if bias is not None and tuple(bias.shape) != (out_channels,):
       raise _shape_error(op, "bias", bias, f"({out_channels},) = (O,) for `weight` {tuple(weight.shape)}")
     num_instances = 0
@@ -146,4 +158,4 @@ class ConvGeometry:
                            f"(N={batch}, I, H={height}, W={width}) with I >= 1 for `x` {tuple(x.shape)}")
       num_instances = shape[1]
     return cls(batch, height, width, channels, out_channels, kh, kw, out_h, out_w, groups, num_instances,
-               stride, padding, dilation)
+               stride, padding, dilation, warps)

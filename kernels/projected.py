@@ -14,9 +14,11 @@ instance and output, C / (4 G) times more multiply-adds per instance at C = O.
 Exact, not an approximation: same corners, same weights, same out-of-image rule as xla_impl (whose corner
 helpers this module calls, so the two cannot drift apart); only the order of the sums changes.
 
-Layout: x [N, H, W, C], weight [kh, kw, C, O], offsets [N, Ho, Wo, G, K, 2] in (dy, dx), mask [N, Ho, Wo, G, K]
-or None, instance_masks [N, I, H, W]; K = kh * kw taps, G offset groups of Cg = C / G channels, P = N * Hp * Wp
-pixels of x zero-padded by one pixel (xla_impl's border, which turns the corner rule into a plain gather).
+Layout: x [N, H, W, C], weight [kh, kw, C, O], offsets [N*R, Ho, Wo, G, K, 2] in (dy, dx), mask
+[N*R, Ho, Wo, G, K] or None, instance_masks [N, I, H, W]; K = kh * kw taps, G offset groups of Cg = C / G
+channels, P = N * Hp * Wp pixels of x zero-padded by one pixel (xla_impl's border, which turns the corner rule
+into a plain gather). R warps per frame (kernels.geometry): output image b reads frame b // R, so MaskProp
+projects a clip's center frame once for all its reference frames.
 
 Memory: z is [G, P, K, O] (K * O / Cg times x), kept in x's dtype; the backward accumulates its gradient dz in
 float32 (same size) because corners of different output chunks overlap. The output rows are processed in chunks
@@ -66,6 +68,13 @@ def _project(x, weight, geometry: ConvGeometry):
   return z.astype(x.dtype).reshape(-1, geometry.out_channels)
 
 
+def _warps(x, offsets) -> int:
+  """R: offset fields per frame of x (offsets carry N*R images); 1 when the batches do not divide (the
+  geometry check then reports the mismatch)."""
+  n, images = x.shape[0], offsets.shape[0]
+  return images // n if n and images % n == 0 and images >= n else 1
+
+
 def _split_rows(a, num_rows: int, rows_per_chunk: int, num_chunks: int, swap_group_tap: bool):
   """[N, Ho, Wo, ...] -> [c, m, ...], the last chunk zero-padded; offsets / mask go (G, K) -> (K, G) order."""
   a = a.reshape((num_rows,) + a.shape[3:])
@@ -77,7 +86,7 @@ def _split_rows(a, num_rows: int, rows_per_chunk: int, num_chunks: int, swap_gro
 
 def _plan(geometry: ConvGeometry, chunk_elements: int | None):
   """(rows per chunk, number of chunks, number of output rows)."""
-  num_rows = geometry.batch * geometry.out_h * geometry.out_w
+  num_rows = geometry.out_batch * geometry.out_h * geometry.out_w
   # Per output row a chunk holds the gathered z [4KG, O] (and its float32 gradient) and the scales [4KG, I].
   corners = _CORNERS * geometry.taps * geometry.offset_groups
   row_elements = corners * (geometry.out_channels + geometry.num_instances)
@@ -109,7 +118,8 @@ def _chunk_terms(z_flat, masks_flat, chunk_offsets, chunk_mask, index, rows_per_
   """The gathered z [m, 4KG, O] (x's dtype), float32 scales [m, 4KG, I] = corner weight * M_i(corner), and what
   the backward needs: corner weights [m, 4KG, 1], masks at the corners [m, 4KG, I], rows and the weights' VJP."""
   rows = index * rows_per_chunk + jnp.arange(rows_per_chunk)
-  base, image = _tap_bases(rows, geometry, geometry.batch)
+  base, image = _tap_bases(rows, geometry, geometry.out_batch)
+  image = image // geometry.warps  # the frame of x that output image `image` warps
   if with_vjp:
     weights, corner, weights_vjp = _corner_weights_vjp(chunk_offsets, chunk_mask, base, geometry.in_hw)
   else:
@@ -129,7 +139,7 @@ def masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, *, stride
   geometry = ConvGeometry.from_arguments(
       "projected.masked_deform_conv2d_fwd", x=x, offsets=offsets, weight=weight, mask=mask,
       instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
-      offset_groups=offset_groups)
+      offset_groups=offset_groups, warps=_warps(x, offsets))
   rows_per_chunk, num_chunks, num_rows = _plan(geometry, chunk_elements)
   z_flat = _project(x, weight, geometry)  # [G*P*K, O]
   masks_flat = _pad_flat_masks(instance_masks)  # [P, I]
@@ -144,7 +154,7 @@ def masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, *, stride
     return carry, out.astype(x.dtype)
 
   _, out = _scan_chunks(body, (), (offsets_c, mask_c), num_chunks)  # [c, m, I, O]
-  out = _unchunk(out, num_rows, (geometry.batch,) + geometry.out_hw)  # [N, Ho, Wo, I, O]
+  out = _unchunk(out, num_rows, (geometry.out_batch,) + geometry.out_hw)  # [N*R, Ho, Wo, I, O]
   return jnp.transpose(out, (0, 3, 1, 2, 4))
 
 
@@ -161,7 +171,7 @@ def masked_deform_conv2d_bwd(x, instance_masks, offsets, mask, weight, out_grad,
   geometry = ConvGeometry.from_arguments(
       "projected.masked_deform_conv2d_bwd", x=x, offsets=offsets, weight=weight, mask=mask,
       instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
-      offset_groups=offset_groups)
+      offset_groups=offset_groups, warps=_warps(x, offsets))
   batch, instances, out_channels = geometry.batch, geometry.num_instances, geometry.out_channels
   rows_per_chunk, num_chunks, num_rows = _plan(geometry, chunk_elements)
   z_flat = _project(x, weight, geometry)  # [G*P*K, O]
@@ -200,8 +210,9 @@ def masked_deform_conv2d_bwd(x, instance_masks, offsets, mask, weight, out_grad,
   d_weight = jnp.transpose(d_weight.reshape(groups, geometry.group_channels, geometry.taps, out_channels),
                            (2, 0, 1, 3)).reshape(weight.shape)
   d_masks = d_masks_flat.reshape(batch, hp, wp, instances)[:, 1:h + 1, 1:w + 1]
-  d_offsets = jnp.swapaxes(_unchunk(d_offsets, num_rows, (batch,) + geometry.out_hw), 3, 4)
-  d_mask = None if mask is None else jnp.swapaxes(_unchunk(d_mask, num_rows, (batch,) + geometry.out_hw), 3, 4)
+  out_lead = (geometry.out_batch,) + geometry.out_hw
+  d_offsets = jnp.swapaxes(_unchunk(d_offsets, num_rows, out_lead), 3, 4)
+  d_mask = None if mask is None else jnp.swapaxes(_unchunk(d_mask, num_rows, out_lead), 3, 4)
   return (d_x.astype(x.dtype), jnp.transpose(d_masks, (0, 3, 1, 2)).astype(instance_masks.dtype),
           d_offsets.astype(offsets.dtype), None if d_mask is None else d_mask.astype(mask.dtype),
           d_weight.astype(weight.dtype))
@@ -231,11 +242,12 @@ def masked_deform_conv2d(x, instance_masks, offsets, weight, mask=None, *, strid
   """deform_conv2d(instance_masks[:, i, :, :, None] * x, ...) for every i, projected first; differentiable.
 
   Arguments as kernels.masked_deform_conv2d (no bias: the public function adds it), plus chunk_elements, the
-  per-chunk element budget (None: the backend's default, as xla_impl). Returns [N, I, Ho, Wo, O] in x's dtype.
+  per-chunk element budget (None: the backend's default, as xla_impl). offsets (and mask) may hold R offset
+  fields per frame of x, [N*R, ...]: output image b warps frame b // R. Returns [N*R, I, Ho, Wo, O] in x's dtype.
   """
   geometry = ConvGeometry.from_arguments(
       "projected.masked_deform_conv2d", x=x, offsets=offsets, weight=weight, mask=mask,
       instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
-      offset_groups=offset_groups)
+      offset_groups=offset_groups, warps=_warps(x, offsets))
   conv = tuple(sorted(geometry.conv_kwargs().items()))  # hashable: a custom_vjp non-differentiable argument
   return _projected(conv, chunk_elements, x, instance_masks, offsets, mask, weight)

@@ -1,7 +1,7 @@
 """Streaming MaskProp inference over a video of any length: the one clip loop (`video_clips`) and the predictor.
 
-Clips are centred at every s-th frame. Every frame goes through the backbone once; its features stay in a cache
-only while a clip window still needs them, and finished frames leave the linker as RLE, so memory is bounded by
+Clips are centred at every s-th frame. Every frame goes through the backbone and the propagation branch's
+per-frame terms once; they stay in a cache only while a clip window still needs them, and finished frames leave the linker as RLE, so memory is bounded by
 the clip window (2T+1 frames), not by the video's length. Each clip gives clip-level tracks: the center frame's
 detections (class, score, mask from Mask R-CNN) and their masks propagated to every frame of the window; the
 linker joins them into video-level tracks as they come.
@@ -13,7 +13,7 @@ import collections
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ from flax import nnx
 
 from maskprop_jax import linking
 from maskprop_jax.linking import iou as linking_iou
-from maskprop_jax.model import maskprop
+from maskprop_jax.model import maskprop, propagation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,16 +63,10 @@ class Clip:
   half_window: int
   features: dict[int, Any]
 
-  def padded_frames(self) -> list[int]:
-    """The window's frames padded to 2T+1 (the video's end frames repeated), so that one compiled program serves
-    every clip, the video's ends included."""
-    return [min(max(f, self.start), self.stop - 1)
-            for f in range(self.center - self.half_window, self.center + self.half_window + 1)]
-
-  def padded_slice(self) -> slice:
-    """Where frames start..stop-1 sit among padded_frames()."""
-    offset = self.start - (self.center - self.half_window)
-    return slice(offset, offset + self.stop - self.start)
+  def references(self) -> list[int]:
+    """The frames the center frame's instances are propagated to: the window's other frames (2T of them, fewer
+    where the window is cut at the video's ends; on its own frame an instance keeps Mask R-CNN's mask)."""
+    return [f for f in range(self.start, self.stop) if f != self.center]
 
 
 def video_clips(frames: Iterable[np.ndarray], num_frames: int, video_hw: tuple[int, int], half_window: int,
@@ -135,10 +129,22 @@ class Timer:
 # each, three calls per frame, more than a small model's compute. At module level with a static graphdef, the
 # compiled programs serve every predictor of the same architecture (evaluation during training makes a new one)
 # and propagation_eval.
+class FrameFeatures(NamedTuple):
+  """A frame's entry in the clip loop's cache."""
+
+  levels: list[jax.Array]  # FPN levels [1, h, w, C]: detection on the clip center reads them
+  terms: propagation.FrameTerms  # what propagation needs of the frame alone (as a center or a reference)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def frame_features(graphdef: nnx.GraphDef, state: nnx.State, frame: jax.Array,
                    geometry: maskprop.InputGeometry) -> list[jax.Array]:
   return nnx.merge(graphdef, state).frame_features(frame, geometry)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def frame_terms(graphdef: nnx.GraphDef, state: nnx.State, levels: list[jax.Array]) -> propagation.FrameTerms:
+  return nnx.merge(graphdef, state).frame_terms(levels)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -148,9 +154,18 @@ def detect(graphdef: nnx.GraphDef, state: nnx.State, features: list[jax.Array],
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def propagate(graphdef: nnx.GraphDef, state: nnx.State, center: jax.Array, masks: jax.Array,
-              references: jax.Array) -> jax.Array:
-  return nnx.merge(graphdef, state).propagate(center, masks, references)
+def propagate(graphdef: nnx.GraphDef, state: nnx.State, center: propagation.FrameTerms, masks: jax.Array,
+              references: tuple[propagation.FrameTerms, ...]) -> jax.Array:
+  """Probabilities [L, D, h, w] of the center's masks [1, D, h, w] in L reference frames (one program per L)."""
+  stacked = jax.tree.map(lambda *frames: jnp.concatenate(frames), *references)
+  return nnx.merge(graphdef, state).propagate(center, masks, stacked)
+
+
+def frame_features_and_terms(graphdef: nnx.GraphDef, state: nnx.State, frame: np.ndarray,
+                             geometry: maskprop.InputGeometry, timer: Timer) -> FrameFeatures:
+  """A frame's cache entry; the per-frame propagation terms are charged to propagation."""
+  levels = timer.time("backbone", frame_features, graphdef, state, frame, geometry)
+  return FrameFeatures(levels, timer.time("propagation", frame_terms, graphdef, state, levels))
 
 
 class VideoPredictor:
@@ -172,8 +187,8 @@ class VideoPredictor:
     geometry = maskprop.InputGeometry.for_video(model.config, video_hw)
     linker = linking.TrackLinker(num_frames, geometry.mask_hw, tuple(video_hw), model.num_classes, s.link)
 
-    def features(frame):  # FPN features [1, h, w, C] per level
-      return timer.time("backbone", frame_features, self._graphdef, self._state, frame, geometry)
+    def features(frame):
+      return frame_features_and_terms(self._graphdef, self._state, frame, geometry, timer)
 
     for clip in video_clips(frames, num_frames, video_hw, s.half_window, s.clip_stride, features):
       tracks = self._clip_tracks(clip, geometry, timer)
@@ -181,27 +196,29 @@ class VideoPredictor:
     return timer.time("linking", linker.finish)
 
   def _clip_tracks(self, clip: Clip, geometry: maskprop.InputGeometry, timer: Timer) -> list[linking.ClipTrack]:
-    model, s = self.model, self.settings
+    s = self.settings
     hw = jnp.asarray([geometry.resized_hw], jnp.int32)
-    center_features = clip.features[clip.center]
-    detections = timer.time("detection", detect, self._graphdef, self._state, center_features, hw)
+    center = clip.features[clip.center]
+    detections = timer.time("detection", detect, self._graphdef, self._state, center.levels, hw)
     keep = np.flatnonzero(np.asarray(detections.valid[0]) & (np.asarray(detections.scores[0]) >= s.score_thresh))
     if keep.size == 0:
       return []
     center_masks = np.asarray(detections.masks[0])  # [D, h, w] on the mask grid
     keep = keep[suppress_duplicates(center_masks[keep], s.duplicate_iou)]
-    level = model.propagation_level
-    refs = jnp.concatenate([clip.features[f][level] for f in clip.padded_frames()])  # [2T+1, h, w, C]
     # Only the kept detections are propagated, in slots padded to a power of two: propagation costs as many
     # slots as it is given, and a handful of programs (1, 2, 4, ... D slots) serve every clip.
     num_slots = min(center_masks.shape[0], 1 << (keep.size - 1).bit_length())
     slot_masks = np.zeros((num_slots,) + center_masks.shape[1:], np.float32)
     slot_masks[:keep.size] = center_masks[keep]
-    probs = timer.time("propagation", propagate, self._graphdef, self._state, center_features[level],
-                       slot_masks[None], refs)  # [2T+1, slots, h, w]
-    probs = np.array(probs[clip.padded_slice(), :keep.size])  # [L, K, h, w]
-    # On its own frame an instance keeps the mask Mask R-CNN gave it, as in the paper.
+    # On its own frame an instance keeps the mask Mask R-CNN gave it, as in the paper: it is propagated to the
+    # window's other frames only (no padding frames either: one program per number of references, T+1 at most).
+    probs = np.empty((clip.stop - clip.start, keep.size) + center_masks.shape[1:], np.float32)  # [L, K, h, w]
     probs[clip.center - clip.start] = center_masks[keep]
+    references = clip.references()
+    if references:
+      propagated = timer.time("propagation", propagate, self._graphdef, self._state, center.terms,
+                              slot_masks[None], tuple(clip.features[f].terms for f in references))
+      probs[np.asarray(references) - clip.start] = np.asarray(propagated)[:, :keep.size]
     mask_h, mask_w = geometry.mask_hw
     probs = probs[:, :, :mask_h, :mask_w]  # the part of the canvas the image covers
     class_probs = np.asarray(detections.class_probs[0])

@@ -88,31 +88,32 @@ def measure_video(model: maskprop.MaskProp, video: video_reader.VideoFrames, tra
   tracks = [t for t in tracks if not t.iscrowd]
   gt = [_track_masks(t, video.num_frames) for t in tracks]  # [track][frame] bool [H, W] or None
   empty = np.zeros(video_hw, bool)
-  level = model.propagation_level
+  timer = predictor.Timer(sync=False)
 
-  def features(frame):  # the propagation level's features [1, h, w, C]
-    return predictor.frame_features(graphdef, state, frame, geometry)[level]
+  def features(frame):  # the frame's propagation terms, as inference computes them
+    return predictor.frame_features_and_terms(graphdef, state, frame, geometry, timer).terms
 
   for clip in predictor.video_clips(video, video.num_frames, video_hw, settings.half_window, settings.clip_stride,
                                     features):
-    center, start, stop = clip.center, clip.start, clip.stop
+    center = clip.center
     on_center = [k for k in range(len(tracks)) if gt[k][center] is not None]
     result.num_center_tracks += len(on_center)
-    references = jnp.concatenate([clip.features[f] for f in clip.padded_frames()])  # [2T+1, h, w, C]
+    references = clip.references()
+    if not references:
+      continue
+    reference_terms = tuple(clip.features[f] for f in references)
     for first in range(0, len(on_center), TRACK_SLOTS):
       group = on_center[first:first + TRACK_SLOTS]
       center_masks = np.zeros((TRACK_SLOTS,) + video_hw, np.uint8)
       center_masks[:len(group)] = [gt[k][center] for k in group]
       grid = _grid_masks(jnp.asarray(center_masks), geometry, model.mask_stride)  # [S, h', w']
       probs = np.asarray(predictor.propagate(graphdef, state, clip.features[center], grid[None],
-                                             references))  # [2T+1, S, h', w']
+                                             reference_terms))  # [L, S, h', w']
       copy_grid = upsample(np.asarray(grid))  # [S, H, W]
       for slot, k in enumerate(group):
-        for f in range(start, stop):
-          if f == center:
-            continue
+        for row, f in enumerate(references):
           target = gt[k][f] if gt[k][f] is not None else empty
-          propagated = upsample(probs[f - (center - settings.half_window), slot])
+          propagated = upsample(probs[row, slot])
           ious = np.array([mask_iou(propagated, target), mask_iou(copy_grid[slot], target),
                            mask_iou(gt[k][center], target)])
           result.add(abs(f - center), ious, gt[k][f] is not None)

@@ -6,9 +6,10 @@ that drive propagation are the mask head's predictions for the ground-truth boxe
 torchvision's RoI heads always include, matched to their ground truth with IoU 1), and the propagated masks are
 scored with the soft-IoU loss against the same track's mask in each reference frame (empty where it is absent).
 
-Inference (`features`, `detect`, `propagate`) is split so that inference/predictor.py can compute each frame's features
-once and reuse them across the clips that share the frame. Both compose the detector's features-level API
-(mask_rcnn.MaskRCNN.features, detect_from_features, losses_from_features, box_mask_probs).
+Inference (`features`, `frame_terms`, `detect`, `propagate`) is split so that inference/predictor.py can compute
+each frame's features and propagation terms once and reuse them across the clips that share the frame. Both
+compose the detector's features-level API (mask_rcnn.MaskRCNN.features, detect_from_features,
+losses_from_features, box_mask_probs).
 
 Grids: propagation reads the FPN level `propagation.level` (stride `feature_stride(config)`) and writes masks
 `propagation.upsample` times finer, on the mask grid of stride `mask_stride(config)`, the only place it is derived.
@@ -134,17 +135,18 @@ class MaskProp(nnx.Module):
     return ClipDetections(det.boxes, det.scores, det.labels, jnp.where(det.valid[..., None], class_probs, 0.0),
                           jnp.where(det.valid[..., None, None], masks, 0.0), det.valid)
 
-  def propagate(self, center: jax.Array, masks: jax.Array, references: jax.Array) -> jax.Array:
+  def frame_terms(self, features: list[jax.Array]) -> propagation.FrameTerms:
+    """What propagation needs of these frames alone (FPN levels [N, h, w, C]); computed once per frame."""
+    return self.propagation.frame_terms(features[self.propagation_level])
+
+  def propagate(self, center: propagation.FrameTerms, masks: jax.Array,
+                references: propagation.FrameTerms) -> jax.Array:
     """Mask probabilities [L, D, h, w] of the center frame's instances in each of L reference frames.
 
-    center: [1, h', w', C] features of the center frame; masks: [1, D, h, w] on the mask grid;
-    references: [L, h', w', C]. (h, w) = upsample * (h', w').
+    center: the center frame's terms (batch 1); masks: [1, D, h, w] on the mask grid; references: the terms of
+    L frames (batch L). (h, w) = upsample * the features' (h', w').
     """
-    length = references.shape[0]
-    feature_masks = self.feature_grid_masks(masks)
-    logits, fg_logits = self.propagation(jnp.broadcast_to(center, references.shape),
-                                         jnp.broadcast_to(feature_masks, (length,) + feature_masks.shape[1:]),
-                                         references)
+    logits, fg_logits = self.propagation.from_frame_terms(center, self.feature_grid_masks(masks), references)
     return propagation.mask_probabilities(logits, fg_logits)
 
 
@@ -178,8 +180,8 @@ def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
   level = model.propagation_level
   num_refs = num_frames - 1
   refs = per_clip[level][:, 1:].reshape(batch_size * num_refs, *per_clip[level].shape[2:])  # [B*K, h, w, C]
-  centers = jnp.repeat(per_clip[level][:, 0], num_refs, axis=0)
-  logits, fg_logits = model.propagation(centers, jnp.repeat(center_masks, num_refs, axis=0), refs)
+  # Each clip's center frame is warped toward its K reference frames by one call (projected once per clip).
+  logits, fg_logits = model.propagation(per_clip[level][:, 0], center_masks, refs)
   probs = propagation.mask_probabilities(logits, fg_logits)  # [B*K, M, h, w]
   targets = propagation.downsample_masks(batch["masks"][:, 1:], model.mask_stride)  # [B, K, M, h, w]
   targets = targets.reshape(batch_size * num_refs, *targets.shape[2:])

@@ -12,11 +12,23 @@ grid (sub-pixel convolution): the features stay at the FPN level's stride s, the
 Small objects need it: on the synthetic valid set, masks held on a stride-4 grid cap video AP at 0.66 even when
 every mask is exact (0.91 at stride 2, 1.0 at stride 1).
 
-The first deformable layer reads f_t once for all instances (`masked_deform_conv2d`); later layers, if any,
-warp each instance's features with their own offsets. Shapes are static: I instance slots with a validity mask.
+The first deformable layer reads f_t once for all instances and all reference frames (`masked_deform_conv2d`
+with R warps of one frame: with impl "auto" it projects f_t by the weights once, then gathers per instance);
+later layers, if any, warp each instance's features with their own offsets. Shapes are static: I instance slots
+with a validity mask.
+
+Work that depends on one frame alone is done once per frame (`frame_terms`), not once per clip containing the
+frame: the foreground logits, and the offset block's first convolution, which is linear and comes before any
+non-linearity, so conv(f_t - f_{t+d}) = conv'(f_t) - conv'(f_{t+d}) + b with conv' the convolution without its
+bias b. Training, where each reference frame meets one center frame, convolves the difference directly.
+
+The mask head is `head_depth` 3x3 convolutions of `head_width` channels, then the 1x1 logits convolution; the
+paper's head is the 1x1 convolution alone (head_depth 0).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +54,14 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rn
                   rngs=rngs)
 
 
+class FrameTerms(NamedTuple):
+  """What propagation needs of one frame alone, computed once per frame (`PropagationHead.frame_terms`)."""
+
+  features: jax.Array  # [N, H, W, C] f, the propagation level's features
+  offset_term: jax.Array  # [N, H, W, offset_width] conv'(f): the offset block's first conv without its bias
+  foreground: jax.Array | None  # [N, uH, uW] foreground logits, None without the gate
+
+
 class OffsetBlock(nnx.Module):
   """Residual block on the feature difference f_t - f_{t+d}, then one offset conv per deformable layer."""
 
@@ -54,7 +74,20 @@ class OffsetBlock(nnx.Module):
                                   for _ in range(num_layers)])
 
   def __call__(self, difference: jax.Array) -> list[jax.Array]:  # [N, H, W, C] -> L x [N, H, W, 1, K, 2]
-    h = jax.nn.relu(self.conv1(difference))
+    return self._from_first_conv(self.conv1(difference))
+
+  def frame_term(self, features: jax.Array) -> jax.Array:
+    """conv'(f), the first conv without its bias b: conv(f_t - f_{t+d}) = conv'(f_t) - conv'(f_{t+d}) + b."""
+    return self.conv1(features) - self.conv1.bias[...]
+
+  def from_frame_terms(self, center: jax.Array, references: jax.Array) -> list[jax.Array]:
+    """Offsets toward each reference frame from cached frame terms: center [N, H, W, D], references
+    [N*R, H, W, D] (R per center frame) -> L x [N*R, H, W, 1, K, 2]."""
+    center = jnp.repeat(center, references.shape[0] // center.shape[0], axis=0)
+    return self._from_first_conv(center - references + self.conv1.bias[...])
+
+  def _from_first_conv(self, first: jax.Array) -> list[jax.Array]:
+    h = jax.nn.relu(first)
     h = jax.nn.relu(h + self.conv2(h))
     n, height, width, _ = h.shape
     taps = self.kernel_size * self.kernel_size
@@ -86,44 +119,65 @@ class PropagationHead(nnx.Module):
     self.foreground = nnx.List(
         [_conv(channels, head_width, 3, rngs=rngs), _conv(head_width, outputs, 1, rngs=rngs)] if use_foreground else [])
 
-  def warp(self, center: jax.Array, instance_masks: jax.Array, reference: jax.Array) -> jax.Array:
-    """g^i: instance features of the center frame warped toward the reference frame.
+  def frame_terms(self, features: jax.Array) -> FrameTerms:
+    """The per-frame terms of frames [N, H, W, C]: computed once per frame, whatever the clips it is in."""
+    return FrameTerms(features, self.offsets.frame_term(features), self.foreground_logits(features))
 
-    center: [N, H, W, C] f_t; instance_masks: [N, I, H, W] soft masks at feature resolution;
-    reference: [N, H, W, C] f_{t+d}. Returns [N, I, H, W, C].
+  def foreground_logits(self, features: jax.Array) -> jax.Array | None:
+    """Instance-agnostic foreground logits [N, uH, uW] of frames [N, H, W, C]; None without the gate."""
+    if not len(self.foreground):
+      return None
+    return depth_to_space(self.foreground[1](jax.nn.relu(self.foreground[0](features))), self.upsample)
+
+  def warp(self, center: jax.Array, instance_masks: jax.Array, offsets: list[jax.Array]) -> jax.Array:
+    """g^i: instance features of the center frame warped toward each reference frame.
+
+    center: [N, H, W, C] f_t; instance_masks: [N, I, H, W] soft masks at feature resolution; offsets: one
+    [N*R, H, W, 1, K, 2] per deformable layer, toward R reference frames per center frame.
+    Returns [N*R, I, H, W, C].
     """
-    n, num_instances, height, width = instance_masks.shape
-    offsets = self.offsets(center - reference)
+    num_instances, height, width = instance_masks.shape[1:]
     pad = self.kernel_size // 2
     conv_args = dict(stride=1, padding=pad, dilation=1, offset_groups=1, impl=self.impl)
     warped = kernels.masked_deform_conv2d(center, instance_masks, offsets[0], self.deform_weights[0][...],
-                                          **conv_args)  # [N, I, H, W, C]
+                                          **conv_args)  # [N*R, I, H, W, C]
     warped = warped + self.deform_biases[0][...]
+    images = warped.shape[0]
     for layer in range(1, len(offsets)):
-      flat = jax.nn.relu(warped).reshape(n * num_instances, height, width, -1)
+      flat = jax.nn.relu(warped).reshape(images * num_instances, height, width, -1)
       layer_offsets = jnp.repeat(offsets[layer], num_instances, axis=0)
       flat = kernels.deform_conv2d(flat, layer_offsets, self.deform_weights[layer][...], **conv_args)
-      warped = flat.reshape(n, num_instances, height, width, -1) + self.deform_biases[layer][...]
+      warped = flat.reshape(images, num_instances, height, width, -1) + self.deform_biases[layer][...]
     return warped
 
-  def __call__(self, center: jax.Array, instance_masks: jax.Array,
-               reference: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    """Mask logits of every instance in the reference frame, and the foreground logits of that frame.
-
-    center: [N, H, W, C]; instance_masks: [N, I, H, W] at feature resolution; reference: [N, H, W, C].
-    Returns (logits [N, I, uH, uW], foreground logits [N, uH, uW] or None), u = `upsample`.
-    """
-    n, num_instances, height, width = instance_masks.shape
-    h = self.warp(center, instance_masks, reference) + reference[:, None]  # [N, I, H, W, C]
-    h = h.reshape(n * num_instances, height, width, -1)
+  def mask_logits_of(self, warped: jax.Array, reference: jax.Array) -> jax.Array:
+    """The head on g^i + f_{t+d}: warped [M, I, H, W, C], reference [M, H, W, C] -> logits [M, I, uH, uW]."""
+    images, num_instances, height, width = warped.shape[:4]
+    h = (warped + reference[:, None]).reshape(images * num_instances, height, width, -1)
     for conv in self.mask_convs:
       h = jax.nn.relu(conv(h))
     u = self.upsample
-    logits = depth_to_space(self.mask_logits(h), u).reshape(n, num_instances, height * u, width * u)
-    fg_logits = None
-    if len(self.foreground):
-      fg_logits = depth_to_space(self.foreground[1](jax.nn.relu(self.foreground[0](reference))), u)
-    return logits, fg_logits
+    return depth_to_space(self.mask_logits(h), u).reshape(images, num_instances, height * u, width * u)
+
+  def __call__(self, center: jax.Array, instance_masks: jax.Array,
+               references: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """Mask logits of every instance in each reference frame, and the foreground logits of those frames.
+
+    center: [N, H, W, C]; instance_masks: [N, I, H, W] at feature resolution; references: [N*R, H, W, C], R
+    per center frame (consecutive). Returns (logits [N*R, I, uH, uW], foreground logits [N*R, uH, uW] or None),
+    u = `upsample`. The offset block convolves each difference f_t - f_{t+d} (training's form).
+    """
+    repeats = references.shape[0] // center.shape[0]
+    offsets = self.offsets(jnp.repeat(center, repeats, axis=0) - references)
+    logits = self.mask_logits_of(self.warp(center, instance_masks, offsets), references)
+    return logits, self.foreground_logits(references)
+
+  def from_frame_terms(self, center: FrameTerms, instance_masks: jax.Array,
+                       references: FrameTerms) -> tuple[jax.Array, jax.Array | None]:
+    """As __call__, from per-frame terms computed once per frame (inference): equal up to rounding."""
+    offsets = self.offsets.from_frame_terms(center.offset_term, references.offset_term)
+    logits = self.mask_logits_of(self.warp(center.features, instance_masks, offsets), references.features)
+    return logits, references.foreground
 
 
 def mask_probabilities(logits: jax.Array, fg_logits: jax.Array | None) -> jax.Array:

@@ -3,7 +3,9 @@ losses_from_features, box_mask_probs) with bitwise the numbers of the wiring it 
 __call__ and losses, which use the same API, are held to torchvision's numbers by test_mask_rcnn.py and
 test_rpn.py): the `_old_*` functions below are maskprop.py's code from before, calling the RPN and the RoI heads
 directly. Training must reproduce earlier runs bit for bit, so losses and gradients are compared with
-assert_array_equal, not a tolerance."""
+assert_array_equal, not a tolerance. One line of the reference is today's: the propagation head now takes each
+clip's center frame once for its K reference frames (it used to be given K copies); the two calls agree within
+rounding, which test_propagation.py checks."""
 
 import functools
 import math
@@ -87,8 +89,7 @@ def _old_compute_losses(model, batch, key):
   level = model.propagation_level
   num_refs = num_frames - 1
   refs = per_clip[level][:, 1:].reshape(batch_size * num_refs, *per_clip[level].shape[2:])  # [B*K, h, w, C]
-  centers = jnp.repeat(per_clip[level][:, 0], num_refs, axis=0)
-  logits, fg_logits = model.propagation(centers, jnp.repeat(center_masks, num_refs, axis=0), refs)
+  logits, fg_logits = model.propagation(per_clip[level][:, 0], center_masks, refs)  # today's call (docstring)
   probs = propagation.mask_probabilities(logits, fg_logits)  # [B*K, M, h, w]
   old_mask_stride = maskprop.FPN_STRIDES[level] // model.config.propagation.upsample
   targets = propagation.downsample_masks(batch["masks"][:, 1:], old_mask_stride)  # [B, K, M, h, w]
