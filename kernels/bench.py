@@ -2,18 +2,21 @@
 
   python kernels/bench.py [--json] [--shapes small|all|auto] [--dtype float32|bfloat16] [--repeats 5]
 
-For each shape, every impl that runs here (xla everywhere, and xla_projected for the masked shapes; pallas on
-GPU / TPU) and torchvision's deform_conv2d when installed (CUDA when torch sees a GPU, else CPU) are timed for
-the forward and for forward + backward (gradients of every input): median wall time of --repeats runs after one
-warm-up run, synchronised (block_until_ready / cuda.synchronize). The masked form is compared with torchvision
-applied to the I masked copies of x stacked along the batch, which is what it replaces.
+For each shape, every impl that runs here (xla everywhere, and xla_projected for the masked shapes; pallas and
+pallas_projected on GPU / TPU) and torchvision's deform_conv2d when installed (CUDA when torch sees a GPU, else
+CPU) are timed for the forward and for forward + backward (gradients of every input): median wall time of
+--repeats runs after one warm-up run, synchronised (block_until_ready / cuda.synchronize). The masked form is
+compared with torchvision applied to the I masked copies of x stacked along the batch (I * R copies for R warps
+of a frame), which is what it replaces. "xla" and "pallas" are the sample-then-GEMM form, the projected ones
+project x by the weight once per frame (kernels/projected.py), what "auto" runs for the masked form.
 
 Throughput is counted from the GEMM FLOPs (2 * rows * K * C * O forward, three times that forward +
 backward) and from the minimum HBM traffic (every input read and every output written once); the roofline
 fraction is max(FLOPs / peak FLOP/s, bytes / peak bandwidth) / measured time, with the peak numbers of the
 device table below (vendor dense figures), or numbers measured here on a CPU (a large matmul and a copy).
-xla_projected does fewer FLOPs than that count (one projection per frame, not one GEMM per instance): its
-TFLOP/s and roofline fraction are effective figures, comparable with the other rows' as speed, not as efficiency.
+The projected impls do fewer FLOPs than that count (one projection per frame, not one GEMM per instance and
+warp): their TFLOP/s and roofline fractions are effective figures, comparable with the other rows' as speed, not
+as efficiency.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Shape:
   channels: int
   out_channels: int
   instances: int = 0  # > 0: the masked form with this many instance masks
+  warps: int = 1  # R offset fields per frame (masked form): MaskProp's center frame toward R reference frames
   big: bool = False
 
 
@@ -49,6 +53,8 @@ SHAPES = (
     Shape("dcn 4x64x64 64->64", 4, 64, 64, 64, 64),
     Shape("dcn 2x48x80 256->256", 2, 48, 80, 256, 256),
     Shape("masked I=10 2x48x80 256->256", 2, 48, 80, 256, 256, instances=10),
+    # One clip of configs/ytvis.py at inference: the center frame's 10 instances toward its 12 reference frames.
+    Shape("masked I=10 R=12 1x48x80 256->256", 1, 48, 80, 256, 256, instances=10, warps=12),
     Shape("dcn maskprop 28x96x168 256->256", 28, 96, 168, 256, 256, big=True),
     Shape("masked I=10 maskprop 28x96x168 256->256", 28, 96, 168, 256, 256, instances=10, big=True),
 )
@@ -117,7 +123,7 @@ def _inputs(shape: Shape, dtype, seed: int = 0):
   n, h, w, c, o = shape.batch, shape.height, shape.width, shape.channels, shape.out_channels
   arrays = dict(
       x=rng.normal(size=(n, h, w, c)),
-      offsets=rng.normal(0.0, 1.5, (n, h, w, 1, 9, 2)),
+      offsets=rng.normal(0.0, 1.5, (n * shape.warps, h, w, 1, 9, 2)),
       weight=rng.normal(0.0, 0.05, (3, 3, c, o)),
   )
   if shape.instances:
@@ -164,7 +170,7 @@ def _time_torchvision(shape: Shape, inputs, repeats: int) -> tuple[float, float,
     return torch.tensor(np.asarray(array), device=device, requires_grad=True)
 
   x = tensor(np.asarray(inputs["x"]).transpose(0, 3, 1, 2))
-  n, h, w = shape.batch, shape.height, shape.width
+  n, h, w = shape.batch * shape.warps, shape.height, shape.width
   offsets = tensor(np.asarray(inputs["offsets"]).reshape(n, h, w, 18).transpose(0, 3, 1, 2))
   weight = tensor(np.asarray(inputs["weight"]).transpose(3, 2, 0, 1))
   masks = None
@@ -174,7 +180,8 @@ def _time_torchvision(shape: Shape, inputs, repeats: int) -> tuple[float, float,
   def forward():
     if masks is None:
       return torchvision.ops.deform_conv2d(x, offsets, weight, padding=1)
-    masked = (x[:, None] * masks[:, :, None]).flatten(0, 1)  # [N * I, C, H, W]
+    masked = (x[:, None] * masks[:, :, None]).repeat_interleave(shape.warps, dim=0)  # [N * R, I, C, H, W]
+    masked = masked.flatten(0, 1)  # [N * R * I, C, H, W]: the masked copies, one per instance and warp
     repeated = offsets.repeat_interleave(shape.instances, dim=0)
     return torchvision.ops.deform_conv2d(masked, repeated, weight, padding=1)
 
@@ -197,10 +204,10 @@ def _time_torchvision(shape: Shape, inputs, repeats: int) -> tuple[float, float,
 def _work(shape: Shape, itemsize: int) -> tuple[float, float, float, float]:
   """(forward FLOPs, forward + backward FLOPs, forward bytes, forward + backward bytes), minimum counts."""
   instances = max(shape.instances, 1)
-  rows = shape.batch * shape.height * shape.width * instances
+  rows = shape.batch * shape.warps * shape.height * shape.width * instances
   gemm = 2.0 * rows * 9 * shape.channels * shape.out_channels
   x = shape.batch * shape.height * shape.width * shape.channels
-  offsets = shape.batch * shape.height * shape.width * 18
+  offsets = shape.batch * shape.warps * shape.height * shape.width * 18
   masks = shape.batch * shape.instances * shape.height * shape.width
   weight = 9 * shape.channels * shape.out_channels
   out = rows * shape.out_channels
@@ -214,12 +221,15 @@ def run(shapes, dtype_name: str, repeats: int) -> dict:
   kind, (fp32_peak, bf16_peak, bandwidth), peak_source = device_peaks()
   dtype = jnp.dtype(dtype_name)
   peak_flops = 1e12 * (bf16_peak if dtype == jnp.bfloat16 else fp32_peak)
-  impls = ["xla"] + ([resolve_impl("pallas")] if jax.default_backend() != "cpu" else [])
+  on_accelerator = jax.default_backend() != "cpu"
+  impls = ["xla"] + ([resolve_impl("pallas")] if on_accelerator else [])
+  # The projected impls compute the masked form only.
+  projected_impls = ["xla_projected"] + ([resolve_impl("pallas_projected")] if on_accelerator else [])
   rows = []
   for shape in shapes:
     inputs = _inputs(shape, dtype)
     flops_fwd, flops_fb, bytes_fwd, bytes_fb = _work(shape, dtype.itemsize)
-    shape_impls = impls + (["xla_projected"] if shape.instances else [])  # projected: a masked-form impl
+    shape_impls = impls + (projected_impls if shape.instances else [])
     timings = {impl: _time_jax(shape, impl, inputs, repeats) for impl in shape_impls}
     baseline = _time_torchvision(shape, inputs, repeats)
     if baseline is not None:

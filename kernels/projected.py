@@ -218,18 +218,20 @@ def masked_deform_conv2d_bwd(x, instance_masks, offsets, mask, weight, out_grad,
           d_weight.astype(weight.dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _projected(conv: tuple, chunk_elements, x, instance_masks, offsets, mask, weight):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _projected(conv: tuple, chunk_elements, forward, x, instance_masks, offsets, mask, weight):
+  if forward is not None:  # a Pallas kernel of the same form (kernels.pallas_*_projected)
+    return forward(x, instance_masks, offsets, mask, weight, **dict(conv))
   return masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, **dict(conv),
                                   chunk_elements=chunk_elements)
 
 
-def _projected_fwd(conv, chunk_elements, x, instance_masks, offsets, mask, weight):
-  out = _projected(conv, chunk_elements, x, instance_masks, offsets, mask, weight)
+def _projected_fwd(conv, chunk_elements, forward, x, instance_masks, offsets, mask, weight):
+  out = _projected(conv, chunk_elements, forward, x, instance_masks, offsets, mask, weight)
   return out, (x, instance_masks, offsets, mask, weight)
 
 
-def _projected_bwd(conv, chunk_elements, residuals, out_grad):
+def _projected_bwd(conv, chunk_elements, forward, residuals, out_grad):
   return masked_deform_conv2d_bwd(*residuals, out_grad, **dict(conv), chunk_elements=chunk_elements)
 
 
@@ -238,11 +240,13 @@ _projected.defvjp(_projected_fwd, _projected_bwd)
 
 def masked_deform_conv2d(x, instance_masks, offsets, weight, mask=None, *, stride: IntOrPair = 1,
                          padding: IntOrPair = 1, dilation: IntOrPair = 1, offset_groups: int = 1,
-                         chunk_elements: int | None = None):
+                         chunk_elements: int | None = None, forward=None):
   """deform_conv2d(instance_masks[:, i, :, :, None] * x, ...) for every i, projected first; differentiable.
 
   Arguments as kernels.masked_deform_conv2d (no bias: the public function adds it), plus chunk_elements, the
-  per-chunk element budget (None: the backend's default, as xla_impl). offsets (and mask) may hold R offset
+  per-chunk element budget (None: the backend's default, as xla_impl), and forward: None for this module's
+  forward, or a Pallas kernel's (called as forward(x, instance_masks, offsets, mask, weight, stride=,
+  padding=, dilation=, offset_groups=)); the backward is this module's either way. offsets (and mask) may hold R offset
   fields per frame of x, [N*R, ...]: output image b warps frame b // R. Returns [N*R, I, Ho, Wo, O] in x's dtype.
   """
   geometry = ConvGeometry.from_arguments(
@@ -250,4 +254,4 @@ def masked_deform_conv2d(x, instance_masks, offsets, weight, mask=None, *, strid
       instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
       offset_groups=offset_groups, warps=_warps(x, offsets))
   conv = tuple(sorted(geometry.conv_kwargs().items()))  # hashable: a custom_vjp non-differentiable argument
-  return _projected(conv, chunk_elements, x, instance_masks, offsets, mask, weight)
+  return _projected(conv, chunk_elements, forward, x, instance_masks, offsets, mask, weight)

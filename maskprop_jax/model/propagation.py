@@ -23,7 +23,9 @@ non-linearity, so conv(f_t - f_{t+d}) = conv'(f_t) - conv'(f_{t+d}) + b with con
 bias b. Training, where each reference frame meets one center frame, convolves the difference directly.
 
 The mask head is `head_depth` 3x3 convolutions of `head_width` channels, then the 1x1 logits convolution; the
-paper's head is the 1x1 convolution alone (head_depth 0).
+paper's head is the 1x1 convolution alone (head_depth 0), which is linear, so it folds into the deformable
+convolution's weights (`instance_logits`): what is gathered per instance and reference frame is then u*u logit
+channels, not the C channels of g^i.
 """
 
 from __future__ import annotations
@@ -150,14 +152,37 @@ class PropagationHead(nnx.Module):
       warped = flat.reshape(images, num_instances, height, width, -1) + self.deform_biases[layer][...]
     return warped
 
-  def mask_logits_of(self, warped: jax.Array, reference: jax.Array) -> jax.Array:
-    """The head on g^i + f_{t+d}: warped [M, I, H, W, C], reference [M, H, W, C] -> logits [M, I, uH, uW]."""
-    images, num_instances, height, width = warped.shape[:4]
-    h = (warped + reference[:, None]).reshape(images * num_instances, height, width, -1)
-    for conv in self.mask_convs:
-      h = jax.nn.relu(conv(h))
-    u = self.upsample
-    return depth_to_space(self.mask_logits(h), u).reshape(images, num_instances, height * u, width * u)
+  @property
+  def linear_head(self) -> bool:
+    """The paper's head (the 1x1 logits conv right after a single deformable layer) is linear in g^i."""
+    return not len(self.mask_convs) and len(self.deform_weights) == 1
+
+  def instance_logits(self, center: jax.Array, instance_masks: jax.Array, offsets: list[jax.Array],
+                      references: jax.Array) -> jax.Array:
+    """logits^i = head(g^i + f_{t+d}): center [N, H, W, C], instance_masks [N, I, H, W], offsets toward M = N*R
+    reference frames [M, H, W, C] -> [M, I, uH, uW].
+
+    With the linear head the 1x1 conv V folds into the deformable weights, exactly: V(DCN_W(M_i f_t) + b + f_ref)
+    = DCN_{W V}(M_i f_t) + V(b + f_ref). The projection then has u*u channels instead of C, and so has the
+    gather per instance, reference frame, tap and corner: no C-channel g^i is ever formed.
+    """
+    images, u = references.shape[0], self.upsample
+    num_instances, height, width = instance_masks.shape[1:]
+    if self.linear_head:
+      head = self.mask_logits.kernel[...][0, 0]  # [C, u*u]
+      weight = jnp.einsum("hwco,ou->hwcu", self.deform_weights[0][...], head,
+                          precision=jax.lax.Precision.HIGHEST)  # [kh, kw, C, u*u]
+      pad = self.kernel_size // 2
+      cells = kernels.masked_deform_conv2d(center, instance_masks, offsets[0], weight, stride=1, padding=pad,
+                                           dilation=1, offset_groups=1, impl=self.impl)  # [M, I, H, W, u*u]
+      cells = cells + self.mask_logits(references + self.deform_biases[0][...])[:, None]
+    else:
+      h = self.warp(center, instance_masks, offsets) + references[:, None]  # [M, I, H, W, C]
+      h = h.reshape(images * num_instances, height, width, -1)
+      for conv in self.mask_convs:
+        h = jax.nn.relu(conv(h))
+      cells = self.mask_logits(h)
+    return depth_to_space(cells, u).reshape(images, num_instances, height * u, width * u)
 
   def __call__(self, center: jax.Array, instance_masks: jax.Array,
                references: jax.Array) -> tuple[jax.Array, jax.Array | None]:
@@ -169,14 +194,14 @@ class PropagationHead(nnx.Module):
     """
     repeats = references.shape[0] // center.shape[0]
     offsets = self.offsets(jnp.repeat(center, repeats, axis=0) - references)
-    logits = self.mask_logits_of(self.warp(center, instance_masks, offsets), references)
+    logits = self.instance_logits(center, instance_masks, offsets, references)
     return logits, self.foreground_logits(references)
 
   def from_frame_terms(self, center: FrameTerms, instance_masks: jax.Array,
                        references: FrameTerms) -> tuple[jax.Array, jax.Array | None]:
     """As __call__, from per-frame terms computed once per frame (inference): equal up to rounding."""
     offsets = self.offsets.from_frame_terms(center.offset_term, references.offset_term)
-    logits = self.mask_logits_of(self.warp(center.features, instance_masks, offsets), references.features)
+    logits = self.instance_logits(center.features, instance_masks, offsets, references.features)
     return logits, references.foreground
 
 

@@ -212,3 +212,18 @@ def test_bad_conv_parameters_are_rejected():
   with pytest.raises(ValueError, match="leaves no output position"):
     ConvGeometry.from_arguments("check", **dict(arrays, x=inputs["x"][:, :1, :1]), stride=1, padding=0,
                                 dilation=1, offset_groups=1)
+
+
+def test_warps_offsets_carry_r_fields_per_frame():
+  """R warps of each frame (the masked form only): offsets and mask with N*R images, out_batch N*R."""
+  warped = dict(GOOD, offsets=jnp.concatenate([GOOD["offsets"]] * 3), mask=jnp.concatenate([GOOD["mask"]] * 3))
+  geometry = ConvGeometry.from_arguments("check", **warped, **CONV, warps=3)
+  assert (geometry.batch, geometry.warps, geometry.out_batch) == (1, 3, 3)
+  with pytest.raises(ValueError, match=r"`offsets` has shape \(3, .*\(N\*R, R=2 warps per frame, Ho"):
+    ConvGeometry.from_arguments("check", **warped, **CONV, warps=2)
+  with pytest.raises(ValueError, match=r"`offsets` has shape \(3, .*\(N, Ho"):
+    ConvGeometry.from_arguments("check", **warped, **CONV)
+  with pytest.raises(ValueError, match="`warps` must be an int >= 1, and 1 without instance masks"):
+    ConvGeometry.from_arguments("check", **dict(warped, instance_masks=None), **CONV, warps=3)
+  with pytest.raises(ValueError, match="`warps` must be"):
+    ConvGeometry.from_arguments("check", **GOOD, **CONV, warps=0)

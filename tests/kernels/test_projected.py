@@ -1,5 +1,7 @@
 """impl="xla_projected" (kernels/projected.py, x @ W first, then a gather per instance) equals the current XLA
-masked form and I separate deform_conv2d calls on M_i * x: the output and every gradient, fp32, 1e-5 relative."""
+masked form and I separate deform_conv2d calls on M_i * x: the output and every gradient, fp32, 1e-5 relative;
+also with R warps per frame (offsets [N*R, ...], frame b // R; MaskProp's center frame toward its references),
+and through the Pallas kernels of the same form (interpret mode), whose backward is this module's."""
 
 import functools
 
@@ -28,6 +30,9 @@ CONFIGS = {
                         chunk_elements=3 * 432),
     "s1_p2_d2_g2_mask_bias": dict(stride=1, padding=2, dilation=2, offset_groups=2, mask=True, bias=True,
                                   chunk_elements=5 * 432),
+    # 3 warps of each frame: 6 output images of 42 rows go 8 rows per chunk, so chunks straddle images.
+    "s1_p1_d1_g1_mask_r3": dict(stride=1, padding=1, dilation=1, offset_groups=1, mask=True, bias=False,
+                                chunk_elements=8 * 4 * 9 * (OUT_CHANNELS + INSTANCES), warps=3),
 }
 
 
@@ -40,7 +45,8 @@ def _make_inputs(config, seed=0, dtype=np.float32):
   rng = np.random.default_rng(seed)
   out_hw = geometry.output_size((HEIGHT, WIDTH), (3, 3), (config["stride"],) * 2, (config["padding"],) * 2,
                                 (config["dilation"],) * 2)
-  offsets_shape = (BATCH,) + out_hw + (config["offset_groups"], 9, 2)
+  images = BATCH * config.get("warps", 1)
+  offsets_shape = (images,) + out_hw + (config["offset_groups"], 9, 2)
   offsets = rng.normal(0.0, 1.5, offsets_shape)
   far = rng.random(offsets_shape) < 0.1
   offsets = np.where(far, rng.choice([-1, 1], offsets_shape) * rng.uniform(4, 10, offsets_shape), offsets)
@@ -53,7 +59,7 @@ def _make_inputs(config, seed=0, dtype=np.float32):
       weight=rng.normal(size=(3, 3, CHANNELS, OUT_CHANNELS)),
       mask=rng.uniform(0.0, 1.0, offsets_shape[:-1]) if config["mask"] else None,
       bias=rng.normal(size=(OUT_CHANNELS,)) if config["bias"] else None,
-      out_grad=rng.normal(size=(BATCH, INSTANCES) + out_hw + (OUT_CHANNELS,)),
+      out_grad=rng.normal(size=(images, INSTANCES) + out_hw + (OUT_CHANNELS,)),
   )
   return {k: None if v is None else np.asarray(v, dtype) for k, v in inputs.items()}
 
@@ -72,8 +78,10 @@ def _xla_call(x, instance_masks, offsets, weight, mask, bias, *, chunk_elements,
 
 
 def _separate_calls(x, instance_masks, offsets, weight, mask, bias, *, chunk_elements, **conv):
-  """The definition: one deform_conv2d per instance on the masked features."""
+  """The definition: one deform_conv2d per instance on the masked features (frame b // R for output image b)."""
   del chunk_elements
+  warps = offsets.shape[0] // x.shape[0]
+  x, instance_masks = jnp.repeat(x, warps, axis=0), jnp.repeat(instance_masks, warps, axis=0)
   outs = [deform_conv2d(x * instance_masks[:, i, :, :, None], offsets, weight, mask, bias=bias, impl="xla",
                         **conv) for i in range(instance_masks.shape[1])]
   return jnp.stack(outs, axis=1)
@@ -139,7 +147,8 @@ def test_chunk_budgets_leave_a_padded_last_chunk(name):
   """The chunked configs above really run several chunks, the last one padded (no compilation here)."""
   config = CONFIGS[name]
   inputs = _make_inputs(config)
-  geo = geometry.ConvGeometry.from_arguments("test", **{n: inputs[n] for n in NAMES}, **_conv(config))
+  geo = geometry.ConvGeometry.from_arguments("test", **{n: inputs[n] for n in NAMES}, **_conv(config),
+                                             warps=config.get("warps", 1))
   rows_per_chunk, num_chunks, num_rows = projected._plan(geo, config["chunk_elements"])
   assert num_chunks > 1 and num_chunks * rows_per_chunk > num_rows
 
@@ -167,11 +176,34 @@ def test_plain_deform_conv2d_routes_through_one_instance():
   assert _relative_error(*plain) <= MAX_RELATIVE_ERROR
 
 
-def test_impl_name_and_auto_unchanged():
-  assert "xla_projected" in IMPLS
+def test_impl_names_and_what_auto_picks():
+  assert {"xla_projected", "pallas_projected", "pallas_gpu_projected", "pallas_tpu_projected"} <= set(IMPLS)
   assert resolve_impl("xla_projected") == "xla_projected"  # no GPU / TPU or interpret mode needed
+  assert resolve_impl("pallas_projected", interpret=True) in ("pallas_gpu_projected", "pallas_tpu_projected")
   if jax.default_backend() == "cpu":
-    assert resolve_impl("auto") == "xla"
+    assert resolve_impl("auto") == "xla"  # plain deform_conv2d
+    assert resolve_impl("auto", masked=True) == "xla_projected"
+    with pytest.raises(ValueError, match="needs a GPU or TPU"):
+      resolve_impl("pallas_gpu_projected")
+
+
+@pytest.mark.parametrize("impl", ["pallas_gpu_projected", "pallas_tpu_projected"])
+def test_pallas_projected_impls_through_the_public_function(impl):
+  """Forward by the Pallas kernel (interpret mode), backward by kernels.projected: equal to impl="xla"."""
+  config = CONFIGS["s1_p1_d1_g1_mask_r3"]
+  inputs = _make_inputs(config, seed=5)
+
+  def pallas_call(x, instance_masks, offsets, weight, mask, bias, *, chunk_elements, **conv):
+    del chunk_elements
+    return masked_deform_conv2d(x, instance_masks, offsets, weight, mask, bias=bias, impl=impl, interpret=True,
+                                **conv)
+
+  out, grads = _run(pallas_call, inputs, config)
+  expected_out, expected_grads = _run(_xla_call, inputs, config)
+  assert out.shape == (BATCH * 3, INSTANCES, HEIGHT, WIDTH, OUT_CHANNELS)
+  assert _relative_error(out, expected_out) <= MAX_RELATIVE_ERROR
+  for name, grad in grads.items():
+    assert _relative_error(grad, expected_grads[name]) <= MAX_RELATIVE_ERROR, name
 
 
 @pytest.mark.parametrize("fn", [

@@ -115,3 +115,54 @@ def test_upsampled_head_predicts_a_finer_grid():
   np.testing.assert_allclose(logits, np.repeat(np.repeat(masks, u, axis=-2), u, axis=-1), atol=1e-6)
   with pytest.raises(ValueError, match="positive integer"):
     propagation.PropagationHead(C, upsample=0, rngs=nnx.Rngs(0))
+
+
+def _random_head(head_depth: int, impl: str, num_deform_layers: int = 1) -> propagation.PropagationHead:
+  """A head whose offset convs are not zero (real, fractional offsets, some leaving the frame)."""
+  head = propagation.PropagationHead(C, offset_width=8, num_deform_layers=num_deform_layers, head_width=8,
+                                     head_depth=head_depth, use_foreground=True, upsample=2, impl=impl,
+                                     rngs=nnx.Rngs(3))
+  rng = np.random.default_rng(3)
+  for conv in head.offsets.offset_convs:
+    conv.kernel.set_value(jnp.asarray(rng.normal(0.0, 0.3, conv.kernel.shape), jnp.float32))
+  return head
+
+
+@pytest.mark.parametrize("head_depth, num_deform_layers", [(0, 1), (1, 2)])
+def test_frame_terms_and_one_center_for_all_references_equal_the_pair_form(head_depth, num_deform_layers):
+  """Inference's form (the offset block's first conv and the foreground logits once per frame, the center frame
+  warped toward its R references in one projected call) equals training's pair form on R copies of the center
+  with the sample-then-GEMM kernel, up to float32 rounding."""
+  rng = np.random.default_rng(0)
+  references = 5
+  center = jnp.asarray(rng.normal(size=(1, H, W, C)), jnp.float32)
+  refs = center + jnp.asarray(rng.normal(0.0, 0.5, (references, H, W, C)), jnp.float32)
+  masks = jnp.asarray(disc_masks([(4, 5), (7, 10), (6, 8)])[None])
+  head = _random_head(head_depth, "auto", num_deform_layers)  # xla_projected on a CPU
+  pair_form = _random_head(head_depth, "xla", num_deform_layers)
+  want_logits, want_fg = pair_form(jnp.repeat(center, references, axis=0), jnp.repeat(masks, references, axis=0),
+                                   refs)
+  shared_logits, shared_fg = head(center, masks, refs)  # training's call: one center for R references
+  logits, fg = head.from_frame_terms(head.frame_terms(center), masks, head.frame_terms(refs))
+  assert logits.shape == (references, 3, 2 * H, 2 * W) and fg.shape == (references, 2 * H, 2 * W)
+  scale = float(jnp.max(jnp.abs(want_logits)))
+  assert float(jnp.max(jnp.abs(offsets := head.offsets(center - refs[:1])[0]))) > 1.0, offsets  # real warps
+  for got in (logits, shared_logits):
+    assert float(jnp.max(jnp.abs(got - want_logits))) <= 1e-5 * scale
+  np.testing.assert_allclose(fg, want_fg, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(shared_fg, want_fg)
+
+
+def test_head_depth_zero_is_the_papers_1x1_head():
+  """head_depth 0: the logits are one 1x1 convolution of g + f_{t+d} (no 3x3 layers)."""
+  head = _random_head(0, "xla")
+  assert len(head.mask_convs) == 0 and head.mask_logits.kernel.shape == (1, 1, C, 4)
+  rng = np.random.default_rng(1)
+  center, reference = (jnp.asarray(rng.normal(size=(1, H, W, C)), jnp.float32) for _ in range(2))
+  masks = jnp.asarray(disc_masks([(4, 5)])[None])
+  offsets = head.offsets(center - reference)
+  warped = head.warp(center, masks, offsets)  # [1, 1, H, W, C]
+  cells = jnp.einsum("nihwc,co->nihwo", warped + reference[:, None], head.mask_logits.kernel[0, 0])
+  want = propagation.depth_to_space(cells + head.mask_logits.bias[...], 2)
+  logits, _ = head(center, masks, reference)
+  np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
