@@ -5,7 +5,7 @@
 For each shape, every impl that runs here (xla everywhere, and xla_projected for the masked shapes; pallas and
 pallas_projected on GPU / TPU) and torchvision's deform_conv2d when installed (CUDA when torch sees a GPU, else
 CPU) are timed for the forward and for forward + backward (gradients of every input): median wall time of
---repeats runs after one warm-up run, synchronised (block_until_ready / cuda.synchronize). The masked form is
+--repeats runs after one warm-up run (fewer once a row has spent 30 s), synchronised (block_until_ready / cuda.synchronize). The masked form is
 compared with torchvision applied to the I masked copies of x stacked along the batch (I * R copies for R warps
 of a frame), which is what it replaces. "xla" and "pallas" are the sample-then-GEMM form, the projected ones
 project x by the weight once per frame (kernels/projected.py), what "auto" runs for the masked form.
@@ -71,13 +71,19 @@ PEAKS = {
 }
 
 
+TIME_BUDGET_S = 30.0  # past this much timed work a row stops repeating (CPU rows of the big shapes take minutes)
+
+
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
+  """Median of `repeats` timed runs after a warm-up, or of fewer (at least one) once TIME_BUDGET_S is spent."""
   fn()  # warm-up: compilation, autotuning, allocator growth
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
+    if sum(times) > TIME_BUDGET_S:
+      break
   return statistics.median(times)
 
 
@@ -252,7 +258,7 @@ def run(shapes, dtype_name: str, repeats: int) -> dict:
 
 def format_table(report: dict) -> str:
   peaks = report["peaks"]
-  lines = [f"device: {report['device']} ({report['backend']}), dtype {report['dtype']}, median of "
+  lines = [f"device: {report['device']} ({report['backend']}), dtype {report['dtype']}, median of up to "
            f"{report['repeats']} runs; peaks {peaks['fp32_tflops']:.2f} fp32 / {peaks['bf16_tflops']:.2f} bf16 "
            f"TFLOP/s, {1e3 * peaks['tbps']:.1f} GB/s ({peaks['source']})"]
   header = (f"{'shape':40s} {'impl':20s} {'fwd ms':>9s} {'x tv':>6s} {'fwd+bwd ms':>11s} {'x tv':>6s} "

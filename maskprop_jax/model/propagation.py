@@ -100,7 +100,7 @@ class PropagationHead(nnx.Module):
   """Propagates center-frame instance masks to reference frames; see the module docstring."""
 
   def __init__(self, channels: int = 256, *, offset_width: int = 128, num_deform_layers: int = 1,
-               kernel_size: int = 3, head_width: int = 128, head_depth: int = 2, use_foreground: bool = True,
+               kernel_size: int = 3, head_width: int = 128, head_depth: int = 0, use_foreground: bool = True,
                upsample: int = 1, impl: str = "auto", rngs: nnx.Rngs):
     if upsample < 1:
       raise ValueError(f"upsample must be a positive integer, got {upsample}")

@@ -1,0 +1,72 @@
+"""Training step time of a config: milliseconds per step on real batches, compilation apart.
+
+    python -m maskprop_jax.training.bench --config configs/synthetic.py [--steps 20] [--config.key=value ...]
+
+Builds the model, optimizer and train step exactly as train.py does (training/state.py, the data mesh over every
+device), draws --steps + 1 batches from the config's training pipeline before any timing (so the input pipeline
+is not timed; its own speed is `python -m maskprop_jax.data.bench`), runs one step to compile, then times each
+of the next --steps steps to completion (block_until_ready). Prints one table row: compile seconds, median, p10
+and p90 milliseconds per step, clips per second. The data set is prepared on first use, as train.py does.
+Comparing two versions of the code: run this file by path with PYTHONPATH set to each checkout, alternately.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from maskprop_jax.data import from_config
+from maskprop_jax.training import optimizer, parallel
+from maskprop_jax.training.state import build_model, create_train_state, make_train_step, with_effective_model
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
+flags.DEFINE_integer("steps", 20, "Timed steps (after one compiling step).")
+flags.mark_flags_as_required(["config"])
+
+
+def step_times(config, num_steps: int) -> tuple[float, list[float]]:
+  """(compile seconds, seconds of each of num_steps steps) of config's train step on its own batches."""
+  config = with_effective_model(parallel.scale_to_devices(config, jax.device_count()))
+  mesh = parallel.make_mesh()
+  parallel.check_batch_splits(config, jax.device_count())
+  train_iter = from_config.train_iterator(config)
+  batches = [parallel.global_batch(next(train_iter), mesh) for _ in range(num_steps + 1)]
+  learning_rate_fn = optimizer.create_learning_rate_fn(config)
+  tx = optimizer.create_optimizer(config, learning_rate_fn)
+  graphdef, state = create_train_state(build_model(config, config.seed), config, tx)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  step_fn = make_train_step(graphdef, tx, learning_rate_fn, mesh)
+  key = jax.random.key(config.seed)
+  start = time.perf_counter()
+  state, _ = jax.block_until_ready(step_fn(state, batches[0], key))
+  compile_seconds = time.perf_counter() - start
+  seconds = []
+  for batch in batches[1:]:
+    start = time.perf_counter()
+    state, _ = jax.block_until_ready(step_fn(state, batch, key))
+    seconds.append(time.perf_counter() - start)
+  return compile_seconds, seconds
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = FLAGS.config
+  compile_seconds, seconds = step_times(config, FLAGS.steps)
+  ms = 1000 * np.asarray(seconds)
+  print(f"{'devices':>8s} {'batch':>6s} {'compile s':>10s} {'median ms':>10s} {'p10 ms':>8s} {'p90 ms':>8s} "
+        f"{'clips/s':>8s}")
+  median = statistics.median(ms)
+  print(f"{jax.device_count():8d} {config.train.global_batch_size:6d} {compile_seconds:10.1f} {median:10.1f} "
+        f"{np.percentile(ms, 10):8.1f} {np.percentile(ms, 90):8.1f} "
+        f"{1000 * config.train.global_batch_size / median:8.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
