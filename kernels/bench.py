@@ -5,9 +5,9 @@
 For each shape, every impl that runs here (xla everywhere, and xla_projected for the masked shapes; pallas and
 pallas_projected on GPU / TPU) and torchvision's deform_conv2d when installed (CUDA when torch sees a GPU, else
 CPU) are timed for the forward and for forward + backward (gradients of every input): median wall time of
---repeats runs after one warm-up run (fewer once a row has spent 30 s), synchronised (block_until_ready / cuda.synchronize). The masked form is
-compared with torchvision applied to the I masked copies of x stacked along the batch (I * R copies for R warps
-of a frame), which is what it replaces. "xla" and "pallas" are the sample-then-GEMM form, the projected ones
+--repeats runs after one warm-up run (fewer once a row has spent 30 s), synchronised (block_until_ready /
+cuda.synchronize). The masked form is compared with torchvision applied to the I masked copies of x stacked
+along the batch (I * R copies for R warps of a frame), which is what it replaces. "xla" and "pallas" are the sample-then-GEMM form, the projected ones
 project x by the weight once per frame (kernels/projected.py), what "auto" runs for the masked form.
 
 Throughput is counted from the GEMM FLOPs (2 * rows * K * C * O forward, three times that forward +

@@ -1,8 +1,8 @@
 """Streaming MaskProp inference over a video of any length: the one clip loop (`video_clips`) and the predictor.
 
 Clips are centred at every s-th frame. Every frame goes through the backbone and the propagation branch's
-per-frame terms once; they stay in a cache only while a clip window still needs them, and finished frames leave the linker as RLE, so memory is bounded by
-the clip window (2T+1 frames), not by the video's length. Each clip gives clip-level tracks: the center frame's
+per-frame terms once; they stay in a cache only while a clip window still needs them, and finished frames leave
+the linker as RLE, so memory is bounded by the clip window (2T+1 frames), not by the video's length. Each clip gives clip-level tracks: the center frame's
 detections (class, score, mask from Mask R-CNN) and their masks propagated to every frame of the window; the
 linker joins them into video-level tracks as they come.
 """
