@@ -95,6 +95,16 @@ def _halo_geometry(geometry: ConvGeometry, *, max_offset: int, tiling: Tiling) -
                        margin_w=geometry.padding[1] + max_offset, max_offset=max_offset)
 
 
+def bilinear_one_hot(halo_pixel, corner, ly, lx, scale, halo_w: int):
+  """S [block_p, halo_pixels]: row p holds sample p's four bilinear corner weights (times `scale`) at the halo
+  pixels they fall on. halo_pixel: iota over the halo's pixels; corner [block_p, 1] the top-left corner's halo
+  pixel; ly, lx [block_p, 1] the fractional parts; scale a modulation column or 1.0."""
+  return (jnp.where(halo_pixel == corner, (1 - ly) * (1 - lx) * scale, 0.0)
+          + jnp.where(halo_pixel == corner + 1, (1 - ly) * lx * scale, 0.0)
+          + jnp.where(halo_pixel == corner + halo_w, ly * (1 - lx) * scale, 0.0)
+          + jnp.where(halo_pixel == corner + halo_w + 1, ly * lx * scale, 0.0))
+
+
 def _deform_conv_kernel(*refs, geometry: ConvGeometry, halo: _HaloGeometry, has_mask: bool,
                         has_instances: bool, dot_precision):
   """One program: output tile [I, block_r, block_w, O] of batch element program_id(0)."""
@@ -130,10 +140,7 @@ def _deform_conv_kernel(*refs, geometry: ConvGeometry, halo: _HaloGeometry, has_
       ly, lx = y - y0, x - x0
       corner = y0.astype(jnp.int32) * halo.halo_w + x0.astype(jnp.int32)  # [block_p, 1]
       scale = modulation[:, group * taps + tap:group * taps + tap + 1] if has_mask else 1.0
-      interpolation = (jnp.where(halo_pixel == corner, (1 - ly) * (1 - lx) * scale, 0.0)
-                       + jnp.where(halo_pixel == corner + 1, (1 - ly) * lx * scale, 0.0)
-                       + jnp.where(halo_pixel == corner + halo.halo_w, ly * (1 - lx) * scale, 0.0)
-                       + jnp.where(halo_pixel == corner + halo.halo_w + 1, ly * lx * scale, 0.0))
+      interpolation = bilinear_one_hot(halo_pixel, corner, ly, lx, scale, halo.halo_w)
       tap_weight = weight_ref[tap, group * group_channels:(group + 1) * group_channels, :]  # [Cg, O]
 
       def accumulate_instance(instance, carry, interpolation=interpolation, tap_weight=tap_weight,

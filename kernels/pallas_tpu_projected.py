@@ -42,7 +42,7 @@ from jax.experimental.pallas import tpu as pltpu
 from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair
 from maskprop_jax.kernels.pallas_tpu import (DEFAULT_MAX_OFFSET, VMEM_LIMIT_BYTES, Tiling, _halo_geometry,
                                              _HaloGeometry, _instance_halos, _pad_to_tiles, _resolve_max_offset,
-                                             _zero_pad_image)
+                                             _zero_pad_image, bilinear_one_hot)
 from maskprop_jax.kernels.projected import _dot, _grouped_weight
 
 __all__ = ["DEFAULT_MAX_OFFSET", "Tiling", "masked_deform_conv2d_fwd"]
@@ -70,10 +70,7 @@ def _interpolation_matrix(fields, tap_row, tap_col, geometry: ConvGeometry, halo
   corner = y0.astype(jnp.int32) * halo.halo_w + x0.astype(jnp.int32)  # [block_p, 1]
   scale = fields[:, 2:3] if has_mask else 1.0
   halo_pixel = jax.lax.broadcasted_iota(jnp.int32, (block_p, halo.halo_pixels), 1)
-  return (jnp.where(halo_pixel == corner, (1 - ly) * (1 - lx) * scale, 0.0)
-          + jnp.where(halo_pixel == corner + 1, (1 - ly) * lx * scale, 0.0)
-          + jnp.where(halo_pixel == corner + halo.halo_w, ly * (1 - lx) * scale, 0.0)
-          + jnp.where(halo_pixel == corner + halo.halo_w + 1, ly * lx * scale, 0.0))
+  return bilinear_one_hot(halo_pixel, corner, ly, lx, scale, halo.halo_w)
 
 
 def _projected_kernel(z_ref, instance_ref, fields_ref, out_ref, acc_ref, *, geometry: ConvGeometry,
