@@ -73,6 +73,39 @@ def _dot_precision(dtype, interpret: bool):
   return jax.lax.Precision.HIGHEST if interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
 
 
+def tap_corners(geometry: ConvGeometry, offsets_ref, mask_ref, instance_ref, group, tap, out_row, out_col,
+                position_valid, instance_rows):
+  """The four corners of one tap for a block of output positions: (pixel, inside, blend) each, pixel [block_p]
+  the flat index into the frame (0 where clamped), inside [block_p], blend [block_i, block_p] the bilinear weight
+  x modulation x instance mask at the corner (zero outside the frame and at padding positions). Shared by this
+  kernel and pallas_gpu_projected's. mask_ref / instance_ref: None when absent."""
+  height, width = geometry.height, geometry.width
+  (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w) = (
+      geometry.stride, geometry.padding, geometry.dilation)
+  tap_row = jax.lax.div(tap, geometry.kernel_w).astype(jnp.float32)
+  tap_col = jax.lax.rem(tap, geometry.kernel_w).astype(jnp.float32)
+  y = out_row * stride_h - pad_h + tap_row * dilation_h + offsets_ref[group, tap, 0, :]
+  x = out_col * stride_w - pad_w + tap_col * dilation_w + offsets_ref[group, tap, 1, :]
+  sample_scale = jnp.where(position_valid, 1.0, 0.0)
+  if mask_ref is not None:
+    sample_scale = sample_scale * mask_ref[group, tap, :]
+  y0, x0 = jnp.floor(y), jnp.floor(x)
+  ly, lx = y - y0, x - x0
+  y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
+  corners = []
+  for dy, weight_y in ((0, 1.0 - ly), (1, ly)):
+    for dx, weight_x in ((0, 1.0 - lx), (1, lx)):
+      row, col = y0 + dy, x0 + dx
+      inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+      # Clamped indices keep every lane's address in bounds; `inside` zeroes the lanes that were clamped.
+      pixel = jnp.where(inside, row * width + col, 0)
+      blend = jnp.where(inside, weight_y * weight_x * sample_scale, 0.0)[None, :]  # [1, block_p]
+      if instance_ref is not None:
+        blend = blend * instance_ref[instance_rows[:, None], pixel[None, :]].astype(jnp.float32)
+      corners.append((pixel, inside, blend))
+  return corners
+
+
 def _deform_conv_kernel(*refs, geometry: ConvGeometry, block_p: int, block_c: int,
                         block_i: int, group_channels_pad: int, has_mask: bool, has_instances: bool,
                         dot_precision):
@@ -83,9 +116,6 @@ def _deform_conv_kernel(*refs, geometry: ConvGeometry, block_p: int, block_c: in
   offsets_ref = refs.pop(0)  # [G, K, 2, block_p]
   mask_ref = refs.pop(0) if has_mask else None  # [G, K, block_p]
   weight_ref, out_ref = refs  # [K, G*Cg_pad, block_o], [block_i, block_p, block_o]
-  height, width = geometry.height, geometry.width
-  (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w) = (
-      geometry.stride, geometry.padding, geometry.dilation)
   block_o = out_ref.shape[-1]
 
   positions = pl.program_id(2) * block_p + jnp.arange(block_p, dtype=jnp.int32)  # [block_p]
@@ -96,33 +126,9 @@ def _deform_conv_kernel(*refs, geometry: ConvGeometry, block_p: int, block_c: in
   channel_lanes = jnp.arange(block_c, dtype=jnp.int32)
   instance_rows = jnp.arange(block_i, dtype=jnp.int32)
 
-  def tap_corners(group, tap):
-    """Flat pixel index [block_p] and blend weight [block_i, block_p] of the four corners of one tap."""
-    tap_row = jax.lax.div(tap, geometry.kernel_w).astype(jnp.float32)
-    tap_col = jax.lax.rem(tap, geometry.kernel_w).astype(jnp.float32)
-    y = out_row * stride_h - pad_h + tap_row * dilation_h + offsets_ref[group, tap, 0, :]
-    x = out_col * stride_w - pad_w + tap_col * dilation_w + offsets_ref[group, tap, 1, :]
-    sample_scale = jnp.where(position_valid, 1.0, 0.0)
-    if has_mask:
-      sample_scale = sample_scale * mask_ref[group, tap, :]
-    y0, x0 = jnp.floor(y), jnp.floor(x)
-    ly, lx = y - y0, x - x0
-    y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
-    corners = []
-    for dy, weight_y in ((0, 1.0 - ly), (1, ly)):
-      for dx, weight_x in ((0, 1.0 - lx), (1, lx)):
-        row, col = y0 + dy, x0 + dx
-        inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
-        # Clamped indices keep every lane's address in bounds; `inside` zeroes the lanes that were clamped.
-        pixel = jnp.where(inside, row * width + col, 0)
-        blend = jnp.where(inside, weight_y * weight_x * sample_scale, 0.0)[None, :]  # [1, block_p]
-        if has_instances:
-          blend = blend * instance_ref[instance_rows[:, None], pixel[None, :]].astype(jnp.float32)
-        corners.append((pixel, inside, blend))
-    return corners
-
   def accumulate_tap(group, tap, acc):
-    corners = tap_corners(group, tap)
+    corners = tap_corners(geometry, offsets_ref, mask_ref, instance_ref, group, tap, out_row, out_col,
+                          position_valid, instance_rows)
 
     def accumulate_channel_block(channel_block, acc):
       first_channel = group * group_channels_pad + channel_block * block_c

@@ -42,7 +42,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair
-from maskprop_jax.kernels.pallas_gpu import _next_power_of_2, _round_up
+from maskprop_jax.kernels.pallas_gpu import _next_power_of_2, _round_up, tap_corners
 from maskprop_jax.kernels.projected import _dot, _grouped_weight
 
 
@@ -76,10 +76,7 @@ def _projected_kernel(*refs, geometry: ConvGeometry, block_p: int, block_i: int,
   offsets_ref = refs.pop(0)  # [G, K, 2, block_p]
   mask_ref = refs.pop(0) if has_mask else None  # [G, K, block_p]
   (out_ref,) = refs  # [block_i, block_p, block_o]
-  height, width, taps = geometry.height, geometry.width, geometry.taps
-  out_channels = geometry.out_channels
-  (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w) = (
-      geometry.stride, geometry.padding, geometry.dilation)
+  taps, out_channels = geometry.taps, geometry.out_channels
   block_o = out_ref.shape[-1]
 
   positions = pl.program_id(2) * block_p + jnp.arange(block_p, dtype=jnp.int32)  # [block_p]
@@ -92,28 +89,12 @@ def _projected_kernel(*refs, geometry: ConvGeometry, block_p: int, block_i: int,
   instance_rows = jnp.arange(block_i, dtype=jnp.int32)
 
   def accumulate_tap(group, tap, acc):
-    tap_row = jax.lax.div(tap, geometry.kernel_w).astype(jnp.float32)
-    tap_col = jax.lax.rem(tap, geometry.kernel_w).astype(jnp.float32)
-    y = out_row * stride_h - pad_h + tap_row * dilation_h + offsets_ref[group, tap, 0, :]
-    x = out_col * stride_w - pad_w + tap_col * dilation_w + offsets_ref[group, tap, 1, :]
-    sample_scale = jnp.where(position_valid, 1.0, 0.0)
-    if has_mask:
-      sample_scale = sample_scale * mask_ref[group, tap, :]
-    y0, x0 = jnp.floor(y), jnp.floor(x)
-    ly, lx = y - y0, x - x0
-    y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
     columns = (group * taps + tap) * out_channels + out_lanes  # [block_o] of z
-    for dy, weight_y in ((0, 1.0 - ly), (1, ly)):
-      for dx, weight_x in ((0, 1.0 - lx), (1, lx)):
-        row, col = y0 + dy, x0 + dx
-        inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
-        # Clamped indices keep every lane's address in bounds; `inside` zeroes the lanes that were clamped.
-        pixel = jnp.where(inside, row * width + col, 0)
-        blend = jnp.where(inside, weight_y * weight_x * sample_scale, 0.0)[None, :]  # [1, block_p]
-        blend = blend * instance_ref[instance_rows[:, None], pixel[None, :]].astype(jnp.float32)
-        values = plgpu.load(z_ref.at[pixel[:, None], columns[None, :]],
-                            mask=inside[:, None] & lane_valid[None, :], other=0)  # [block_p, block_o]
-        acc += blend[:, :, None] * values.astype(jnp.float32)[None, :, :]
+    for pixel, inside, blend in tap_corners(geometry, offsets_ref, mask_ref, instance_ref, group, tap, out_row,
+                                            out_col, position_valid, instance_rows):
+      values = plgpu.load(z_ref.at[pixel[:, None], columns[None, :]],
+                          mask=inside[:, None] & lane_valid[None, :], other=0)  # [block_p, block_o]
+      acc += blend[:, :, None] * values.astype(jnp.float32)[None, :, :]
     return acc
 
   acc = jnp.zeros((block_i, block_p, block_o), jnp.float32)
