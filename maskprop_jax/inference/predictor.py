@@ -2,9 +2,9 @@
 
 Clips are centred at every s-th frame. Every frame goes through the backbone and the propagation branch's
 per-frame terms once; they stay in a cache only while a clip window still needs them, and finished frames leave
-the linker as RLE, so memory is bounded by the clip window (2T+1 frames), not by the video's length. Each clip gives clip-level tracks: the center frame's
-detections (class, score, mask from Mask R-CNN) and their masks propagated to every frame of the window; the
-linker joins them into video-level tracks as they come.
+the linker as RLE, so memory is bounded by the clip window (2T+1 frames), not by the video's length. Each clip
+gives clip-level tracks: the center frame's detections (class, score, mask from Mask R-CNN) and their masks
+propagated to every other frame of the window; the linker joins them into video-level tracks as they come.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ class Clip:
   center: int
   start: int
   stop: int
-  half_window: int
   features: dict[int, Any]
 
   def references(self) -> list[int]:
@@ -88,7 +87,7 @@ def video_clips(frames: Iterable[np.ndarray], num_frames: int, video_hw: tuple[i
     # Every clip whose window has now been read in full runs, in order.
     while windows and windows[0][2] - 1 <= frame_index:
       center, start, stop = windows.popleft()
-      yield Clip(center, start, stop, half_window, cache)
+      yield Clip(center, start, stop, cache)
       next_start = windows[0][1] if windows else num_frames
       for old in [f for f in cache if f < next_start]:
         del cache[old]
@@ -125,10 +124,6 @@ class Timer:
     return out
 
 
-# The model travels as (graphdef, state): nnx.jit would walk the module graph on every call, tens of milliseconds
-# each, three calls per frame, more than a small model's compute. At module level with a static graphdef, the
-# compiled programs serve every predictor of the same architecture (evaluation during training makes a new one)
-# and propagation_eval.
 class FrameFeatures(NamedTuple):
   """A frame's entry in the clip loop's cache."""
 
@@ -136,6 +131,10 @@ class FrameFeatures(NamedTuple):
   terms: propagation.FrameTerms  # what propagation needs of the frame alone (as a center or a reference)
 
 
+# The model travels as (graphdef, state): nnx.jit would walk the module graph on every call, tens of milliseconds
+# each, four calls per frame, more than a small model's compute. At module level with a static graphdef, the
+# compiled programs serve every predictor of the same architecture (evaluation during training makes a new one)
+# and propagation_eval.
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def frame_features(graphdef: nnx.GraphDef, state: nnx.State, frame: jax.Array,
                    geometry: maskprop.InputGeometry) -> list[jax.Array]:
