@@ -24,7 +24,7 @@ import jax.numpy as jnp
 # imports, so do they. Importing a kernel module runs no kernel and needs no GPU or TPU.
 from maskprop_jax.kernels import (pallas_gpu, pallas_gpu_projected, pallas_tpu, pallas_tpu_projected, projected,
                                   xla_impl)
-from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair
+from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair, warps_of
 
 IMPLS = ("auto", "xla", "xla_projected", "pallas", "pallas_gpu", "pallas_tpu", "pallas_projected",
          "pallas_gpu_projected", "pallas_tpu_projected")
@@ -123,14 +123,10 @@ def _prepare(op, x, offsets, weight, mask, bias, instance_masks, stride, padding
              impl, interpret) -> _Config:
   """Resolves impl and checks every argument (kernels.geometry, shared with the impls)."""
   impl = resolve_impl(impl, interpret, masked=instance_masks is not None)
-  warps = 1
-  n, images = x.shape[0], offsets.shape[0]
-  if instance_masks is not None and n and images > n and images % n == 0:
-    warps = images // n  # R offset fields per frame; any other mismatch is reported by the check
   geometry = ConvGeometry.from_arguments(op, x=x, offsets=offsets, weight=weight, mask=mask,
                                          instance_masks=instance_masks, bias=bias, stride=stride,
                                          padding=padding, dilation=dilation, offset_groups=offset_groups,
-                                         warps=warps)
+                                         warps=warps_of(x, offsets, instance_masks))
   return _Config(geometry, impl, bool(interpret))
 
 

@@ -43,6 +43,15 @@ def output_size(in_hw: Pair, kernel_hw: Pair, stride: Pair, padding: Pair, dilat
       (in_hw[d] + 2 * padding[d] - dilation[d] * (kernel_hw[d] - 1) - 1) // stride[d] + 1 for d in range(2))
 
 
+def warps_of(x, offsets, instance_masks) -> int:
+  """R, the offset fields per frame of x, as the shapes say: offsets [N*R, ...] with instance masks (the masked
+  form), else 1. When the batches do not divide, 1: from_arguments then reports the mismatch."""
+  n, images = x.shape[0], offsets.shape[0]
+  if instance_masks is None or not n or images % n:
+    return 1
+  return max(images // n, 1)
+
+
 def _shape_error(op: str, name: str, array, expected: str) -> ValueError:
   return ValueError(f"{op}: `{name}` has shape {tuple(array.shape)}, expected {expected}")
 

@@ -34,7 +34,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair
+from maskprop_jax.kernels.geometry import ConvGeometry, IntOrPair, warps_of
 from maskprop_jax.kernels.xla_impl import (_chunk_rows, _corner_weights, _corner_weights_vjp, _pad_flat_masks,
                                            _padded_hw, _scan_chunks, _take, _tap_bases, _unchunk,
                                            default_chunk_elements)
@@ -66,13 +66,6 @@ def _project(x, weight, geometry: ConvGeometry):
   xp = _padded_x(x, geometry)  # [P, G, Cg]
   z = _dot(xp, _grouped_weight(weight, geometry).astype(x.dtype), ((2,), (1,)), ((1,), (0,)))  # [G, P, K*O]
   return z.astype(x.dtype).reshape(-1, geometry.out_channels)
-
-
-def _warps(x, offsets) -> int:
-  """R: offset fields per frame of x (offsets carry N*R images); 1 when the batches do not divide (the
-  geometry check then reports the mismatch)."""
-  n, images = x.shape[0], offsets.shape[0]
-  return images // n if n and images % n == 0 and images >= n else 1
 
 
 def _split_rows(a, num_rows: int, rows_per_chunk: int, num_chunks: int, swap_group_tap: bool):
@@ -139,7 +132,7 @@ def masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, *, stride
   geometry = ConvGeometry.from_arguments(
       "projected.masked_deform_conv2d_fwd", x=x, offsets=offsets, weight=weight, mask=mask,
       instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
-      offset_groups=offset_groups, warps=_warps(x, offsets))
+      offset_groups=offset_groups, warps=warps_of(x, offsets, instance_masks))
   rows_per_chunk, num_chunks, num_rows = _plan(geometry, chunk_elements)
   z_flat = _project(x, weight, geometry)  # [G*P*K, O]
   masks_flat = _pad_flat_masks(instance_masks)  # [P, I]
@@ -171,7 +164,7 @@ def masked_deform_conv2d_bwd(x, instance_masks, offsets, mask, weight, out_grad,
   geometry = ConvGeometry.from_arguments(
       "projected.masked_deform_conv2d_bwd", x=x, offsets=offsets, weight=weight, mask=mask,
       instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
-      offset_groups=offset_groups, warps=_warps(x, offsets))
+      offset_groups=offset_groups, warps=warps_of(x, offsets, instance_masks))
   batch, instances, out_channels = geometry.batch, geometry.num_instances, geometry.out_channels
   rows_per_chunk, num_chunks, num_rows = _plan(geometry, chunk_elements)
   z_flat = _project(x, weight, geometry)  # [G*P*K, O]
@@ -252,6 +245,6 @@ def masked_deform_conv2d(x, instance_masks, offsets, weight, mask=None, *, strid
   geometry = ConvGeometry.from_arguments(
       "projected.masked_deform_conv2d", x=x, offsets=offsets, weight=weight, mask=mask,
       instance_masks=instance_masks, stride=stride, padding=padding, dilation=dilation,
-      offset_groups=offset_groups, warps=_warps(x, offsets))
+      offset_groups=offset_groups, warps=warps_of(x, offsets, instance_masks))
   conv = tuple(sorted(geometry.conv_kwargs().items()))  # hashable: a custom_vjp non-differentiable argument
   return _projected(conv, chunk_elements, forward, x, instance_masks, offsets, mask, weight)

@@ -1,6 +1,5 @@
 """Mask propagation branch: identity propagation, the soft-IoU loss, and that training moves it."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
