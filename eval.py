@@ -15,7 +15,7 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from maskprop_jax.errors import report_input_errors
+from maskprop_jax.errors import parse_flags, report_errors
 from maskprop_jax.inference import evaluate
 from maskprop_jax.training import parallel, runs, state
 
@@ -32,7 +32,7 @@ flags.DEFINE_integer("overlays", 0, "Write overlay GIFs of the first N videos.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-@report_input_errors  # a bad data set or checkpoint: one paragraph on stderr, exit 2
+@report_errors  # a bad data set or checkpoint: one paragraph on stderr, exit 2
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -58,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

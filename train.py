@@ -1,18 +1,22 @@
 """Trains MaskProp: `python train.py --config configs/<name>.py --workdir DIR [--config.key=value ...]`.
 
-Rerunning the same command continues from the latest checkpoint in DIR (after a preemption, too).
-On several hosts, run it on every host; TPU pods and SLURM are detected, elsewhere pass --coordinator_address,
---num_processes and --process_id.
+Rerunning the same command continues from the latest checkpoint in DIR (after a preemption, a crash or a full
+disk too). On several hosts, run it on every host; TPU pods and SLURM are detected, elsewhere pass
+--coordinator_address, --num_processes and --process_id.
+
+Exit codes: 0 trained (and evaluated); 2 stopped by an error it explains in one paragraph (a config key, the
+data, the weights folder, a checkpoint that cannot be written, a loss that is not finite), the checkpoints before
+it intact; 143 stopped by SIGTERM (a preemption notice) after writing a checkpoint, so that a scheduler requeues
+the job: rerun the same command to continue.
 """
 
 import json
-import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from maskprop_jax.errors import InputError
+from maskprop_jax.errors import EXIT_PREEMPTED, parse_flags, report_errors
 from maskprop_jax.inference import evaluate
 from maskprop_jax.training import loop, parallel
 
@@ -25,6 +29,7 @@ flags.DEFINE_integer("process_id", None, "This process's index in a multi-host r
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+@report_errors  # a bad config, data set or weights folder, a failed save, a diverged loss: one paragraph, exit 2
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -32,12 +37,12 @@ def main(argv):
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:
     scores = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, evaluate.evaluate_run)
-  except (InputError, loop.NonFiniteLossError) as e:
-    print(f"train.py: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except loop.Preempted as e:
+    logging.warning("%s (exit code %d)", e, EXIT_PREEMPTED)
+    raise SystemExit(EXIT_PREEMPTED) from None
   if scores and jax.process_index() == 0:
     print(json.dumps(scores, indent=2))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

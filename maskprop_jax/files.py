@@ -8,6 +8,7 @@ renamed over it, so a crash or a full disk never leaves a half-written file wher
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -89,3 +90,49 @@ def config_from_json(values: dict[str, Any]) -> "ml_collections.ConfigDict":
   import ml_collections  # noqa: PLC0415
 
   return ml_collections.ConfigDict(_tuples(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class Disk:
+  """The file system a path is on, as a user would look it up (`df`): what it is, where, how full."""
+
+  device: str  # e.g. /dev/nvme0n1p1, or tmpfs
+  fs_type: str
+  mount_point: str
+  free: int  # bytes available to this user
+  total: int
+
+  def __str__(self) -> str:
+    return (f"{self.device} ({self.fs_type}) mounted at {self.mount_point}: {human_bytes(self.free)} free of "
+            f"{human_bytes(self.total)}")
+
+
+def disk_of(path: str | os.PathLike) -> Disk:
+  """The disk holding `path` (or, if it does not exist yet, its nearest existing parent)."""
+  path = Path(path).absolute()
+  while not path.exists() and path != path.parent:
+    path = path.parent
+  usage = os.statvfs(path)
+  mount = path.resolve()
+  while not os.path.ismount(mount):
+    mount = mount.parent
+  device, fs_type = "?", "?"
+  with contextlib.suppress(OSError):
+    for line in Path("/proc/mounts").read_text().splitlines():  # Linux; elsewhere the mount point alone
+      fields = line.split()
+      if len(fields) >= 3 and fields[1].replace("\\040", " ") == str(mount):
+        device, fs_type = fields[0], fields[2]  # the last entry wins, as in the kernel's view
+  return Disk(device, fs_type, str(mount), usage.f_bavail * usage.f_frsize, usage.f_blocks * usage.f_frsize)
+
+
+def directory_bytes(path: str | os.PathLike) -> int:
+  """The bytes of the files under `path` (0 if it does not exist)."""
+  return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def human_bytes(n: float) -> str:
+  for unit in ("bytes", "KB", "MB", "GB", "TB"):
+    if abs(n) < 1000 or unit == "TB":
+      return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    n /= 1000
+  raise AssertionError("unreachable")

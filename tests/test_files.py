@@ -53,3 +53,19 @@ def test_read_json_names_the_file_and_the_fault(tmp_path):
 def test_config_from_json_turns_lists_back_into_tuples():
   config = files.config_from_json({"a": [1, [2, 3]], "b": {"c": [4]}})
   assert config.a == (1, (2, 3)) and config.b.c == (4,)
+
+
+def test_disk_of_names_the_file_system_a_path_is_on_even_before_it_exists(tmp_path):
+  disk = files.disk_of(tmp_path / "not" / "yet")
+  assert tmp_path.resolve().is_relative_to(disk.mount_point)
+  assert 0 <= disk.free <= disk.total
+  assert str(disk).startswith(f"{disk.device} ({disk.fs_type}) mounted at {disk.mount_point}: ")
+
+
+def test_sizes_read_as_people_write_them(tmp_path):
+  assert [files.human_bytes(n) for n in (512, 24_100_000, 3.5e12)] == ["512 bytes", "24.1 MB", "3.5 TB"]
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "b").write_bytes(b"x" * 1000)
+  (tmp_path / "c").write_bytes(b"y" * 24)
+  assert files.directory_bytes(tmp_path) == 1024
+  assert files.directory_bytes(tmp_path / "missing") == 0

@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from maskprop_jax.convert import detectron2, params_io, torchvision
-from maskprop_jax.errors import report_input_errors
+from maskprop_jax.errors import report_errors
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-@report_input_errors
+@report_errors
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
   if args.source == "torchvision":

@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from maskprop_jax import files
 from maskprop_jax.data import tfds_builder
 from maskprop_jax.data import ytvis
-from maskprop_jax.errors import InputError, report_input_errors
+from maskprop_jax.errors import InputError, report_errors
 
 METADATA_FILE = "metadata.json"  # categories and per-split video lists (TFDS writes it from info.metadata)
 INFO_FILE = "dataset_info.json"  # TFDS's own description of the splits and their record files
@@ -143,7 +143,7 @@ def _merge_split(built: Path, target: Path, split: str) -> None:
   files.write_json(target / METADATA_FILE, metadata, indent=2)
 
 
-@report_input_errors
+@report_errors
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m maskprop_jax.data.prepare", description=__doc__.split("\n")[0])
   parser.add_argument("--images", default=None, help="folder of <video>/<frame>.jpg (default: beside the annotations)")

@@ -28,7 +28,7 @@ from PIL import Image
 from maskprop_jax import rle
 from maskprop_jax.data.synthetic_shapes import CATEGORIES, SUPERCATEGORY, background, object_coordinates, \
     paint_colours
-from maskprop_jax.errors import InputError, report_input_errors
+from maskprop_jax.errors import InputError, report_errors
 
 SPLITS = ("train", "valid")
 JPEG_QUALITY = 90
@@ -293,7 +293,7 @@ def generate_dataset(out_dir: str | os.PathLike[str], train_videos: int, val_vid
   return out_dir
 
 
-@report_input_errors
+@report_errors
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m maskprop_jax.data.synthetic",
                                    description=__doc__.split("\n")[0])

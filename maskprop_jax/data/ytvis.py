@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from maskprop_jax import rle
-from maskprop_jax.errors import InputError, report_input_errors
+from maskprop_jax.errors import InputError, report_errors
 from maskprop_jax.evaluation import ytvis_json
 from maskprop_jax.evaluation.ytvis_json import Category, Video
 
@@ -172,7 +172,7 @@ def summary(dataset: YTVISDataset) -> dict[str, int]:
   }
 
 
-@report_input_errors
+@report_errors
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m maskprop_jax.data.ytvis", description=__doc__.split("\n")[0])
   parser.add_argument("--annotations", required=True, help="YouTube-VIS / OVIS annotation JSON file")

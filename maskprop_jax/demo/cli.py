@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from maskprop_jax.errors import report_input_errors
+from maskprop_jax.errors import report_errors
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   return args
 
 
-@report_input_errors
+@report_errors
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
   if args.video is not None:

@@ -13,7 +13,7 @@ import json
 import sys
 
 from maskprop_jax import files
-from maskprop_jax.errors import report_input_errors
+from maskprop_jax.errors import report_errors
 from maskprop_jax.evaluation import evaluate_tracks, load_ground_truth, load_results, write_results
 
 
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-@report_input_errors
+@report_errors
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
   ground_truth = load_ground_truth(args.annotations)

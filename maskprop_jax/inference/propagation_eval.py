@@ -29,7 +29,7 @@ from flax import nnx
 from maskprop_jax import rle
 from maskprop_jax.bilinear import bilinear_matrix
 from maskprop_jax.data import from_config, video_reader, ytvis
-from maskprop_jax.errors import InputError, report_input_errors
+from maskprop_jax.errors import InputError, report_errors
 from maskprop_jax.inference import predictor
 from maskprop_jax.linking.iou import mask_iou
 from maskprop_jax.model import maskprop, propagation, transform
@@ -157,7 +157,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-@report_input_errors
+@report_errors
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
   run = runs.load_run(args.workdir, runs.load_config_file(args.config) if args.config else None)

@@ -21,7 +21,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from maskprop_jax.data import from_config
-from maskprop_jax.training import optimizer, parallel
+from maskprop_jax.errors import parse_flags
+from maskprop_jax.training import config_checks, optimizer, parallel
 from maskprop_jax.training.state import build_model, create_train_state, make_train_step, with_effective_model
 
 FLAGS = flags.FLAGS
@@ -32,9 +33,10 @@ flags.mark_flags_as_required(["config"])
 
 def step_times(config, num_steps: int) -> tuple[float, list[float]]:
   """(compile seconds, seconds of each of num_steps steps) of config's train step on its own batches."""
-  config = with_effective_model(parallel.scale_to_devices(config, jax.device_count()))
+  config = parallel.scale_to_devices(config, jax.device_count())
+  config_checks.check_config(config, jax.device_count())
+  config = with_effective_model(config)
   mesh = parallel.make_mesh()
-  parallel.check_batch_splits(config, jax.device_count())
   train_iter = from_config.train_iterator(config)
   batches = [parallel.global_batch(next(train_iter), mesh) for _ in range(num_steps + 1)]
   learning_rate_fn = optimizer.create_learning_rate_fn(config)
@@ -69,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,9 +1,10 @@
 """The training loop: `train_and_evaluate(config, workdir, evaluate)` with checkpoints, metrics and preemption.
 
-The loop owns the order of things (record the run, restore, step, log, save, stop on preemption); the model and
-the step are in state.py, the mesh and the batch in parallel.py, checkpoints in checkpointing.py. It knows nothing
-of inference: evaluation is the `evaluate(config, model, workdir, step, num_overlays)` function the caller hands
-in (train.py gives it inference.evaluate.evaluate_run), called every `train.eval_every` steps and at the end.
+The loop owns the order of things (check the config, record the run, restore, step, log, save, stop on
+preemption); the model and the step are in state.py, the mesh and the batch in parallel.py, checkpoints and their
+faults in checkpointing.py, the config's checks in config_checks.py. It knows nothing of inference: evaluation is
+the `evaluate(config, model, workdir, step, num_overlays)` function the caller hands in (train.py gives it
+inference.evaluate.evaluate_run), called every `train.eval_every` steps and at the end.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import numpy as np
 from clu import metric_writers, metrics, periodic_actions
 
 from maskprop_jax.data import from_config
+from maskprop_jax.errors import EXIT_PREEMPTED, RunError
 from maskprop_jax.model import maskprop
-from maskprop_jax.training import checkpointing, optimizer, parallel, runs
+from maskprop_jax.training import checkpointing, config_checks, optimizer, parallel, runs
 from maskprop_jax.training.state import (build_model, create_train_state, make_train_step, model_of,
                                          with_effective_model)
 
@@ -33,8 +35,19 @@ class Evaluate(Protocol):
                num_overlays: int) -> dict[str, float]: ...
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
   pass
+
+
+class Preempted(Exception):
+  """Training stopped for a preemption notice, after its checkpoint was written: rerun the command to continue.
+
+  train.py exits with EXIT_PREEMPTED (143, as a process ended by SIGTERM) so that a scheduler requeues the job.
+  """
+
+  def __init__(self, step: int):
+    super().__init__(f"stopped at step {step} for preemption; rerun the same command to continue")
+    self.step = step
 
 
 def _metrics_collection(names) -> type[metrics.Collection]:
@@ -56,7 +69,7 @@ class _Preemption:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint and stopping")
+    logging.warning("SIGTERM received: saving a checkpoint, then exiting with code %d", EXIT_PREEMPTED)
     self.requested = True
 
   def restore(self):
@@ -67,27 +80,27 @@ class _Preemption:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        evaluate: Evaluate | None = None) -> dict[str, float]:
   """Trains (resuming from the latest checkpoint in `workdir` if any), evaluates with `evaluate` (every
-  `train.eval_every` steps and at the end; not at all when None), returns the final metrics."""
+  `train.eval_every` steps and at the end; not at all when None), returns the final metrics.
+
+  Nothing is written before the config, the weights it starts from and the data have been checked (InputError).
+  Raises Preempted after the checkpoint of a preemption is written, RunError when a checkpoint cannot be saved
+  or the loss stops being finite (the checkpoints before stay intact).
+  """
   config = parallel.scale_to_devices(config, jax.device_count())
-  if config.model.compute_dtype != "float32":
-    # The model's layers take no dtype yet: a bfloat16 setting would silently train in float32.
-    raise ValueError(f"config.model.compute_dtype={config.model.compute_dtype!r} is not supported yet; use "
-                     "'float32' (on TPUs, float32 convolutions already run as bfloat16 passes on the MXU)")
-  config = with_effective_model(config)
+  config_checks.check_config(config, jax.device_count())
+  config = with_effective_model(config)  # reads init_from's metadata: InputError if it is not converted weights
+  train_iter = from_config.train_iterator(config)
+  categories = from_config.categories(config, config.data.train_split)  # every process: it syncs on the data
+  model = build_model(config, config.seed)
+
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     runs.save_run_config(config, workdir)  # eval.py, the demo and propagation_eval rebuild the model from it
+    runs.save_categories(categories, workdir)  # the demo names a run's classes with them
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   mesh = parallel.make_mesh()
   num_steps = config.train.num_steps
-  parallel.check_batch_splits(config, jax.device_count())
-
-  train_iter = from_config.train_iterator(config)
-  categories = from_config.categories(config, config.data.train_split)  # every process: it syncs on the data
-  if jax.process_index() == 0:
-    runs.save_categories(categories, workdir)  # the demo names a run's classes with them
-  model = build_model(config, config.seed)
   learning_rate_fn = optimizer.create_learning_rate_fn(config)
   tx = optimizer.create_optimizer(config, learning_rate_fn)
   graphdef, state = create_train_state(model, config, tx)
@@ -95,7 +108,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   manager = checkpointing.create_manager(workdir, keep=config.train.keep_checkpoints,
                                          save_every=config.train.checkpoint_every)
-  restored = checkpointing.restore_latest(manager, state, train_iter)
+  try:
+    restored = checkpointing.restore_latest(manager, state, train_iter, set_aside_unreadable=True)
+  except BaseException:
+    checkpointing.close(manager)
+    raise
   if restored is not None:
     state = restored
   state = jax.device_put(state, parallel.replicated(mesh))
@@ -111,12 +128,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   collection, accumulated = None, None
   last_log, steps_since_log = time.perf_counter(), 0
   pending = None  # the previous step's metrics, checked for a finite loss one step late so dispatch runs ahead
+  saving = False  # a save started and not yet known to have succeeded
   final_metrics: dict[str, float] = {}
   try:
     for step in range(start_step, num_steps):
       batch = parallel.global_batch(next(train_iter), mesh)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, step_metrics = step_fn(state, batch, key)
+      if saving:  # a failed save stops the run at the step it is noticed, not at the next save
+        saving = not checkpointing.check_saves(manager, wait=False)
       if pending is not None:
         _check_finite(*pending)
       pending = (step + 1, step_metrics)
@@ -140,18 +160,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       if is_last or stopping or manager.should_save(step + 1):
         _check_finite(*pending)  # a checkpoint never holds the state of a step whose loss was not finite
       # One save call: a second, forced save of a step already saved would fail (orbax never overwrites).
-      checkpointing.save(manager, step + 1, state, train_iter, force=is_last or stopping)
+      saving |= checkpointing.save(manager, step + 1, state, train_iter, force=is_last or stopping)
       if stopping:
-        manager.wait_until_finished()
-        logging.warning("stopped at step %d for preemption; rerun the same command to continue", step + 1)
-        return {}
+        checkpointing.check_saves(manager, wait=True)
+        raise Preempted(step + 1)
       if evaluate and config.train.eval_every and (step + 1) % config.train.eval_every == 0 and not is_last:
         final_metrics = _evaluate(evaluate, config, model_of(graphdef, state), workdir, writer, step + 1)
     if pending is not None:
       _check_finite(*pending)
+    checkpointing.check_saves(manager, wait=True)
   finally:
     preemption.restore()
-    manager.wait_until_finished()
+    checkpointing.close(manager)
     writer.flush()  # a stopped run's last losses reach the summaries too
   if evaluate:
     final_metrics = _evaluate(evaluate, config, model_of(graphdef, state), workdir, writer, num_steps,

@@ -82,9 +82,3 @@ def scale_to_devices(config: ml_collections.ConfigDict, num_devices: int) -> ml_
   config.optimizer.warmup_steps = scaled(config.optimizer.warmup_steps) if config.optimizer.warmup_steps else 0
   config.optimizer.decay_steps = tuple(scaled(step) for step in config.optimizer.decay_steps)
   return config
-
-
-def check_batch_splits(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  if config.train.global_batch_size % num_devices:
-    raise ValueError(f"global batch size {config.train.global_batch_size} does not split over "
-                     f"{num_devices} devices")

@@ -166,11 +166,11 @@ def load_run(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict 
   graphdef, params, frozen = state.split_model(model, run_config)
   as_struct = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
   abstract_weights = {"params": jax.tree.map(as_struct, params), "frozen": jax.tree.map(as_struct, frozen)}
-  manager = checkpointing.create_manager(workdir, keep=1, save_every=1)
+  manager = checkpointing.open_for_reading(workdir)
   try:
     restored = checkpointing.restore_latest_weights(manager, abstract_weights)
   finally:
-    manager.close()
+    checkpointing.close(manager)
   if restored is None:
     raise InputError(f"{workdir}: no checkpoint in {workdir / checkpointing.CHECKPOINT_DIR}")
   step, weights = restored

@@ -10,7 +10,7 @@ import pytest
 from maskprop_jax import rle
 from maskprop_jax.data import prepare
 from maskprop_jax.data import synthetic
-from maskprop_jax.errors import EXIT_BAD_INPUT, InputError
+from maskprop_jax.errors import EXIT_ERROR, InputError
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_cli_prints_one_paragraph_and_exits_non_zero(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
     prepare.main(["--images", str(root / "train" / "JPEGImages"), "--annotations", str(root / "train.json"),
                   "--data-dir", str(tmp_path / "tfds")])
-  assert exit_info.value.code == EXIT_BAD_INPUT
+  assert exit_info.value.code == EXIT_ERROR
   stderr = capsys.readouterr().err.strip()
   assert "error:" in stderr and "Traceback" not in stderr and "\n" not in stderr
   assert not (tmp_path / "tfds").exists()

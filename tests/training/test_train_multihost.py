@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from maskprop_jax.errors import EXIT_PREEMPTED
 from tiny_config import REPO_ROOT, prepared_tiny_config, subprocess_env  # noqa: F401 (a fixture)
 
 TESTS_DIR = Path(__file__).parent
@@ -35,8 +36,8 @@ def _distributed_flags(coordinator: str, process_id: int) -> list[str]:
   return [f"--coordinator_address={coordinator}", f"--num_processes={NUM_PROCESSES}", f"--process_id={process_id}"]
 
 
-def _wait_all(processes: list[subprocess.Popen], logs: list[Path]) -> list[str]:
-  """Waits for every process; returns their logs, failing with the log of the first that exits non-zero."""
+def _wait_all(processes: list[subprocess.Popen], logs: list[Path], expected_code: int = 0) -> list[str]:
+  """Waits for every process; returns their logs, failing with the log of the first that exits otherwise."""
   try:
     for process in processes:
       process.wait(timeout=600)
@@ -45,7 +46,7 @@ def _wait_all(processes: list[subprocess.Popen], logs: list[Path]) -> list[str]:
       process.kill()
   outputs = [log.read_text() for log in logs]
   for i, (process, output) in enumerate(zip(processes, outputs)):
-    assert process.returncode == 0, f"process {i} exited with {process.returncode}:\n{output[-3000:]}"
+    assert process.returncode == expected_code, f"process {i} exited with {process.returncode}:\n{output[-3000:]}"
   return outputs
 
 
@@ -90,7 +91,7 @@ def test_sigterm_to_every_process_stops_them_together_with_one_checkpoint(prepar
     # A scheduler preempts every host; JAX's preemption service picks the step at which they all save and stop.
     for process in processes:
       process.send_signal(signal.SIGTERM)
-    outputs = _wait_all(processes, logs)
+    outputs = _wait_all(processes, logs, expected_code=EXIT_PREEMPTED)  # every one asks to be requeued
   finally:
     for process in processes:
       process.kill()
