@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO, TypeVar
 
 import imageio.v3 as iio
 import jax
@@ -24,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from maskprop_jax import default_config, evaluation, visualize
+from maskprop_jax.progress import Progress
 from maskprop_jax.convert import loading, params_io
 from maskprop_jax.data import video_reader
 from maskprop_jax.inference import predictor
@@ -32,8 +31,6 @@ from maskprop_jax.training import runs
 
 FOLDER_FPS = 10.0  # a folder of frames does not say its frame rate
 USER_VIDEO_ID = 0  # results files need an integer video id; a user's video has none
-
-T = TypeVar("T")
 
 
 def model_from_params(params_dir: str, config_file: str | None) -> runs.Run:
@@ -58,37 +55,6 @@ def model_from_run(workdir: str, config_file: str | None) -> runs.Run:
   run = runs.load_run(workdir, runs.load_config_file(config_file) if config_file else None)
   print(f"loaded the checkpoint of step {run.step} from {workdir}", file=sys.stderr)
   return run
-
-
-class Progress:
-  """Counts frames as a consumer pulls them and shows frames/s on one stderr line (rewritten on a terminal).
-
-  `finish()` writes the final line: a consumer that stops at the last frame never resumes the generator.
-  """
-
-  def __init__(self, label: str, total: int, stream: TextIO | None = None, interval_s: float = 0.5):
-    self.label, self.total, self.interval_s = label, total, interval_s
-    self.stream = stream or sys.stderr
-    self.live = self.stream.isatty()
-    self.count = 0
-    self.start = self.last = time.perf_counter()
-
-  def wrap(self, items: Iterable[T]) -> Iterator[T]:
-    self.start = self.last = time.perf_counter()
-    for item in items:
-      self.count += 1
-      yield item  # resumed: the consumer is done with this frame and asks for the next one
-      now = time.perf_counter()
-      if self.live and now - self.last >= self.interval_s:
-        self.stream.write(f"\r{self._line(now)}")
-        self.stream.flush()
-        self.last = now
-
-  def finish(self) -> None:
-    self.stream.write(("\r" if self.live else "") + self._line(time.perf_counter()) + "\n")
-
-  def _line(self, now: float) -> str:
-    return f"{self.label}: {self.count}/{self.total} frames, {self.count / max(now - self.start, 1e-9):.1f} frames/s"
 
 
 def source_fps(path: str) -> float:
