@@ -16,6 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from maskprop_jax import logs
 from maskprop_jax.errors import EXIT_PREEMPTED, parse_flags, report_errors
 from maskprop_jax.inference import evaluate
 from maskprop_jax.training import loop, parallel
@@ -33,6 +34,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logs.configure(FLAGS.verbosity)
   parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:

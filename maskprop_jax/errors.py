@@ -29,6 +29,10 @@ class RunError(RuntimeError):
 
 
 def _program() -> str:
+  """The program as the user typed it: `train.py`, or `python -m maskprop_jax.evaluation` for a module."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  if spec is not None and spec.name.startswith("maskprop_jax"):
+    return "python -m " + spec.name.removesuffix(".__main__")
   return sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "maskprop_jax"
 
 
@@ -60,11 +64,16 @@ def report_errors(main: Callable[..., T]) -> Callable[..., T]:
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`), where a bad `--config.<key>=<value>`
   override is one line naming the key and what was expected, exit code 2, instead of ml_collections' chained
-  tracebacks; any other flag error is one line too."""
+  tracebacks; any other flag error is one line too. `--help` exits 0."""
   from absl import flags  # noqa: PLC0415 (the evaluator's CLI imports this module and needs no absl)
 
+  asks_for_help = any(arg in ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml") for arg in argv[1:])
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:
+    if asks_for_help and e.code == 1:  # absl exits 1 after printing the help a user asked for
+      sys.exit(0)
+    raise
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     exit_with_error(_config_override_problem(argv) or f"{message} (--help lists the flags)")

@@ -40,6 +40,7 @@ class Progress:
     self.live = self.stream.isatty()
     self.interval_s = interval_s if self.live else log_every_s
     self.count = 0
+    self.note = ""  # shown after the numbers, e.g. "video 3/12"
     self.start = self.last = time.perf_counter()
 
   def wrap(self, items: Iterable[T]) -> Iterator[T]:
@@ -49,8 +50,9 @@ class Progress:
       yield item  # resumed: the consumer is done with this item and asks for the next one
       self.advance(0)
 
-  def advance(self, n: int = 1, note: str = "") -> None:
+  def advance(self, n: int = 1, note: str | None = None) -> None:
     self.count += n
+    note = self.note if note is None else note
     now = time.perf_counter()
     if now - self.last >= self.interval_s:
       self.stream.write(("\r" if self.live else "") + self.line(now, note) + ("" if self.live else "\n"))
@@ -58,6 +60,7 @@ class Progress:
       self.last = now
 
   def finish(self, note: str = "") -> None:
+    """The last line, with the time it all took."""
     self.stream.write(("\r" if self.live else "") + self.line(time.perf_counter(), note, done=True) + "\n")
     self.stream.flush()
 

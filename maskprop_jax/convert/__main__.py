@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maskprop_jax.convert import detectron2, params_io, torchvision
 from maskprop_jax.errors import report_errors
 
 
@@ -33,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @report_errors
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
+  # Imported once the flags are read: they load jax and flax, which `--help` and a flag error do without.
+  from maskprop_jax.convert import detectron2, params_io, torchvision  # noqa: PLC0415
+
   if args.source == "torchvision":
     cfg, params, category_ids, class_names = torchvision.convert_checkpoint(args.checkpoint, args.bn_eps)
   else:

@@ -268,11 +268,16 @@ def run(variant: str, seed: int, min_size: int, max_size: int, tiny: bool) -> di
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m maskprop_jax.convert.parity", description=__doc__.split("\n\n")[0])
   parser.add_argument("--variant", default="both",
-                      choices=("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "both"))
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--min-size", type=int, default=320)
-  parser.add_argument("--max-size", type=int, default=512)
-  parser.add_argument("--tiny", action="store_true", help="one bottleneck block per stage instead of ResNet-50")
+                      choices=("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "both"),
+                      help="torchvision model(s) to compare (default: %(default)s)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="seed of the random weights and image (default: %(default)s)")
+  parser.add_argument("--min-size", type=int, default=320,
+                      help="the models' input short side in pixels (default: %(default)s)")
+  parser.add_argument("--max-size", type=int, default=512,
+                      help="the models' input long side limit in pixels (default: %(default)s)")
+  parser.add_argument("--tiny", action="store_true",
+                      help="one bottleneck block per stage instead of ResNet-50 (default: ResNet-50)")
   args = parser.parse_args(argv)
   variants = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2") if args.variant == "both" else (args.variant,)
   for variant in variants:

@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image
 
 from maskprop_jax import rle
-from maskprop_jax.data import pipeline
 from maskprop_jax.data import prepare
 from maskprop_jax.data import synthetic
 
@@ -73,6 +72,8 @@ def write_ytvis_like(root: Path, num_videos: int, num_frames: int, seed: int) ->
 
 
 def clips_per_second(data_dir: Path, name: str, *, workers: int, batches: int, batch_size: int) -> float:
+  from maskprop_jax.data import pipeline  # noqa: PLC0415 (it loads grain and jax, which `--help` does without)
+
   iterator = pipeline.make_train_iterator(
       data_dir, name, "train", global_batch_size=batch_size, max_instances=8, num_ref_frames=2, max_ref_offset=6,
       flip=True, seed=0, worker_count=workers, shard_index=0, shard_count=1, **CLIP_SETTINGS[name]
@@ -87,10 +88,11 @@ def clips_per_second(data_dir: Path, name: str, *, workers: int, batches: int, b
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m maskprop_jax.data.bench", description=__doc__.split("\n")[0])
-  parser.add_argument("--batches", type=int, default=16, help="timed batches per run")
-  parser.add_argument("--batch-size", type=int, default=4)
-  parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-  parser.add_argument("--videos", type=int, default=4, help="videos per data set")
+  parser.add_argument("--batches", type=int, default=16, help="timed batches per run (default: %(default)s)")
+  parser.add_argument("--batch-size", type=int, default=4, help="clips per batch (default: %(default)s)")
+  parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                      help="worker process counts to time, one run each (default: 0 2)")
+  parser.add_argument("--videos", type=int, default=4, help="videos per data set (default: %(default)s)")
   args = parser.parse_args(argv)
 
   with tempfile.TemporaryDirectory(prefix="maskprop-data-bench-") as scratch:

@@ -1,8 +1,9 @@
 """The data a config names: where its YouTube-VIS files are, preparing them on first use, and the iterators.
 
-config.data fields: name (a TFDS builder config: synthetic, ytvis2019, ytvis2021, ovis), root (the YouTube-VIS
-folder), annotations / images (per split, relative to root), tfds_dir (where prepared records go), and for the
-synthetic set the generator's arguments under `synthetic` (generated into root when it is missing).
+config.data fields: name (a TFDS builder config: synthetic, ytvis2019, ytvis2021, ovis, or a user's own data set's
+name of letters, digits, _ and -), root (the YouTube-VIS folder), annotations / images (per split, relative to
+root), tfds_dir (where prepared records go), and for the synthetic set the generator's arguments under `synthetic`
+(generated into root when it is missing).
 """
 
 from __future__ import annotations

@@ -298,14 +298,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m maskprop_jax.data.synthetic",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True, help="output folder (absent or empty)")
-  parser.add_argument("--train-videos", type=int, required=True)
-  parser.add_argument("--val-videos", type=int, required=True)
-  parser.add_argument("--seed", type=int, required=True)
-  parser.add_argument("--height", type=int, default=128)
-  parser.add_argument("--width", type=int, default=192)
-  parser.add_argument("--min-frames", type=int, default=8)
-  parser.add_argument("--max-frames", type=int, default=40)
-  parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  parser.add_argument("--train-videos", type=int, required=True, help="number of videos in the train split")
+  parser.add_argument("--val-videos", type=int, required=True, help="number of videos in the valid split")
+  parser.add_argument("--seed", type=int, required=True, help="seed: the same seed makes the same videos")
+  parser.add_argument("--height", type=int, default=128, help="frame height in pixels (default: %(default)s)")
+  parser.add_argument("--width", type=int, default=192, help="frame width in pixels (default: %(default)s)")
+  parser.add_argument("--min-frames", type=int, default=8, help="fewest frames of a video (default: %(default)s)")
+  parser.add_argument("--max-frames", type=int, default=40, help="most frames of a video (default: %(default)s)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace a non-empty --out folder (default: refuse to)")
   args = parser.parse_args(argv)
   out_dir = generate_dataset(args.out, args.train_videos, args.val_videos, args.seed, height=args.height,
                              width=args.width, min_frames=args.min_frames, max_frames=args.max_frames,

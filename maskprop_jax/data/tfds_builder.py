@@ -24,6 +24,7 @@ record order, so a pipeline can enumerate (video, frame) pairs without reading a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -42,6 +43,17 @@ CONFIG_DESCRIPTIONS = {
     "ovis": "OVIS, occluded video instance segmentation (25 categories).",
     "synthetic": "The project's synthetic YouTube-VIS-format data set (maskprop_jax.data.synthetic).",
 }
+# Any other name is a user's own YouTube-VIS-format data set. Names become folder names under the data dir and TFDS
+# config names, hence the narrow alphabet (no path separators, dots or spaces).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_name(name: str) -> str:
+  """`name` if it can name a prepared data set; InputError otherwise."""
+  if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+    raise InputError(f"data set name {name!r}: use letters, digits, '_' and '-' only, e.g. "
+                     f"{', '.join(CONFIG_DESCRIPTIONS)} or my_videos")
+  return name
 
 
 class VisVideos(tfds.core.GeneratorBasedBuilder):
@@ -164,9 +176,26 @@ def split_metadata(dataset: ytvis.YTVISDataset) -> dict[str, Any]:
   }
 
 
+def _builder_class(name: str) -> type[VisVideos]:
+  """VisVideos, or for a user's own data set a copy with a config of that name: a custom config passed to the
+  builder would work too, but TFDS warns about every one ("Using custom data configuration")."""
+  if name in CONFIG_DESCRIPTIONS:
+    return VisVideos
+  config_name = check_name(name)
+
+  class UserVisVideos(VisVideos, skip_registration=True):  # not registered: VisVideos holds the builder's name
+    name = BUILDER_NAME
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=config_name,
+                                               description=f"A YouTube-VIS-format data set: {config_name}.")]
+
+  return UserVisVideos
+
+
 def build(data_dir: str | Path, name: str, split: str, dataset: ytvis.YTVISDataset) -> Path:
-  """Writes `split` of the builder config `name` as array_record files under the TFDS data dir `data_dir`;
-  returns the folder TFDS wrote (its records, dataset_info.json and metadata.json)."""
-  builder = VisVideos(config=name, data_dir=str(data_dir), file_format="array_record", sources={split: dataset})
+  """Writes `split` of the data set `name` (a known builder config, or any name `check_name` accepts) as
+  array_record files under the TFDS data dir `data_dir`; returns the folder TFDS wrote (its records,
+  dataset_info.json and metadata.json)."""
+  builder = _builder_class(name)(config=name, data_dir=str(data_dir), file_format="array_record",
+                                 sources={split: dataset})
   builder.download_and_prepare(download_dir=str(Path(data_dir) / "downloads"))
   return Path(builder.data_dir)

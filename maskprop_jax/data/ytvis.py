@@ -177,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m maskprop_jax.data.ytvis", description=__doc__.split("\n")[0])
   parser.add_argument("--annotations", required=True, help="YouTube-VIS / OVIS annotation JSON file")
   parser.add_argument("--images", default=None, help="image folder (default: found beside the annotations)")
-  parser.add_argument("--check-images", action="store_true", help="decode every frame and check its size")
+  parser.add_argument("--check-images", action="store_true",
+                      help="decode every frame and check its size (default: check the annotations only)")
   args = parser.parse_args(argv)
   dataset = load_ytvis(args.annotations, args.images, check_images=args.check_images)
   counts = summary(dataset)

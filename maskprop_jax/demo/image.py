@@ -4,6 +4,8 @@
 
 The JSON holds one entry per detection: `bbox` [x0, y0, x1, y1] in image pixels, `score`, `category_id` (COCO ids
 for COCO models), `category_name` and `segmentation`, the mask (probability >= 0.5) as a compressed COCO RLE.
+`--score-thresh` (cli.IMAGE_SCORE_THRESH by default) selects the detections for both the JSON and the overlay; the
+model's own roi_heads.score_thresh (its config's, 0.05 by default) has already dropped those below that.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from maskprop_jax.errors import InputError
 from maskprop_jax.model.mask_rcnn import ImageResults, MaskRCNN, abstract_mask_rcnn, postprocess, preprocess_batch
 
 MASK_THRESHOLD = 0.5
-IMAGE_SCORE_THRESH = 0.5
 
 
 def read_image(path: str) -> np.ndarray:
@@ -76,4 +77,5 @@ def run_image(args: argparse.Namespace) -> None:
     instances = [(i, f"{d['category_name']} {d['score']:.2f}", d["mask"]) for i, d in enumerate(detections)]
     drawn = visualize.overlay(image, instances)
     files.write_atomically(args.out, lambda tmp: Image.fromarray(drawn).save(tmp, format="PNG"))
-  print(f"{len(detections)} detections with score >= {args.score_thresh} -> {args.json}")
+  written = f"{args.json} and {args.out}" if args.out else args.json
+  print(f"{len(detections)} detections with score >= {args.score_thresh:g} -> {written}")

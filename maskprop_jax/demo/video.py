@@ -7,6 +7,8 @@ or a converted Mask R-CNN (`--params`) with a randomly initialised propagation h
 head's shape then come from `--config`, by default the package's maskprop_jax.default_config). Frames stream
 through inference.predictor.VideoPredictor; the overlay draws each track's mask, box, id, class and score in a
 colour of its own; the JSON is the YouTube-VIS results format with video_id 0 and the model's category ids.
+`--score-thresh` and `--min-track-length` select the linked tracks (select_tracks); the overlay and the JSON get the
+same selection.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ import numpy as np
 from flax import nnx
 
 from maskprop_jax import default_config, evaluation, visualize
-from maskprop_jax.progress import Progress
 from maskprop_jax.convert import loading, params_io
 from maskprop_jax.data import video_reader
+from maskprop_jax.demo.cli import FOLDER_FPS
 from maskprop_jax.inference import predictor
 from maskprop_jax.model import maskprop
+from maskprop_jax.progress import Progress
 from maskprop_jax.training import runs
 
-FOLDER_FPS = 10.0  # a folder of frames does not say its frame rate
 USER_VIDEO_ID = 0  # results files need an integer video id; a user's video has none
 
 
@@ -70,9 +72,15 @@ def source_fps(path: str) -> float:
 
 def predict_video(run: runs.Run, video: video_reader.VideoFrames,
                   score_thresh: float | None = None) -> list[evaluation.PredictedTrack]:
-  """Tracks with a mask on at least one frame, as results entries; frames/s on stderr while it runs."""
+  """Every track with a mask on at least one frame, as results entries; frames/s and time left on stderr.
+
+  `score_thresh` (the tracks the caller will report) only ever lowers the config's clip detection threshold: a
+  track's score can sit below its detections' (the linker's ranking multiplies the mean class probability by
+  factors <= 1), and a confident track may link a few weaker clips, so cutting clips at `score_thresh` would split
+  or shorten tracks that reach it. Below the config's threshold, the weaker clips are what such tracks are made of.
+  """
   settings = predictor.ClipSettings.from_config(run.config)
-  if score_thresh is not None:
+  if score_thresh is not None and score_thresh < settings.score_thresh:
     settings = dataclasses.replace(settings, score_thresh=score_thresh)
   video_predictor = predictor.VideoPredictor(run.model, settings)
   progress = Progress(f"{video.name}: inference", video.num_frames)
@@ -80,7 +88,28 @@ def predict_video(run: runs.Run, video: video_reader.VideoFrames,
   progress.finish()
   return [evaluation.PredictedTrack(video_id=USER_VIDEO_ID, category_id=run.categories.ids[t.label - 1],
                                     score=t.score, masks=t.segmentations)
-          for t in tracks if any(s is not None for s in t.segmentations)]
+          for t in tracks if track_length(t.segmentations) > 0]
+
+
+def track_length(masks: list[dict | None]) -> int:
+  """Frames on which a track has a mask (the linker leaves None, never an empty RLE, where it has none)."""
+  return sum(mask is not None for mask in masks)
+
+
+def select_tracks(tracks: list[evaluation.PredictedTrack], score_thresh: float | None,
+                  min_length: int) -> list[evaluation.PredictedTrack]:
+  """The tracks reported: score >= `score_thresh` (all where None), masks on at least `min_length` frames."""
+  return [t for t in tracks
+          if (score_thresh is None or t.score >= score_thresh) and track_length(t.masks) >= min_length]
+
+
+def left_out_note(num_left_out: int, score_thresh: float | None, min_length: int) -> str:
+  """Why tracks are missing from the outputs, for the closing line; empty when none are."""
+  if not num_left_out:
+    return ""
+  reasons = ([f"score < {score_thresh:g}"] if score_thresh is not None else []) + (
+      [f"masks on < {min_length} frames"] if min_length > 1 else [])
+  return f" ({num_left_out} more left out: {' or '.join(reasons)})"
 
 
 def run_video(args: argparse.Namespace) -> None:
@@ -88,7 +117,9 @@ def run_video(args: argparse.Namespace) -> None:
     visualize.check_video_path(args.out)  # before the work, not after it
   video = video_reader.open_video(args.video)
   run = model_from_run(args.workdir, args.config) if args.workdir else model_from_params(args.params, args.config)
-  predictions = predict_video(run, video, args.score_thresh)
+  linked = predict_video(run, video, args.score_thresh)
+  # One selection feeds both outputs, so the overlay shows exactly the tracks (and ids, by position) of the JSON.
+  predictions = select_tracks(linked, args.score_thresh, args.min_track_length)
   if args.out:
     names = dict(zip(run.categories.ids, run.categories.names))
     progress = Progress(f"{video.name}: overlay", video.num_frames)
@@ -97,4 +128,5 @@ def run_video(args: argparse.Namespace) -> None:
     progress.finish()
   evaluation.write_results(predictions, args.json)
   written = f"{args.json} and {args.out}" if args.out else args.json
-  print(f"{len(predictions)} tracks on {video.num_frames} frames of {video.name!r} -> {written}")
+  note = left_out_note(len(linked) - len(predictions), args.score_thresh, args.min_track_length)
+  print(f"{len(predictions)} tracks on {video.num_frames} frames of {video.name!r}{note} -> {written}")

@@ -135,12 +135,14 @@ def _timed(command: list[str]) -> tuple[float, list[float]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--official-path", help="youtubevos/cocoapi PythonAPI directory (holds pycocotools/)")
+  parser = argparse.ArgumentParser(prog="python -m maskprop_jax.evaluation.bench", description=__doc__.split("\n")[0])
+  parser.add_argument("--official-path", help="youtubevos/cocoapi PythonAPI directory (holds pycocotools/) "
+                                              "(default: time our evaluator only)")
   parser.add_argument("--workdir", help="where to write the generated files (default: a temporary directory)")
-  parser.add_argument("--videos", type=int, default=300)
-  parser.add_argument("--repeats", type=int, default=1, help="runs per evaluator; the fastest is reported")
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--videos", type=int, default=300, help="videos in the generated split (default: %(default)s)")
+  parser.add_argument("--repeats", type=int, default=1,
+                      help="runs per evaluator; the fastest is reported (default: %(default)s)")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the generated data (default: %(default)s)")
   args = parser.parse_args(argv)
 
   with tempfile.TemporaryDirectory() as tmp:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import zipfile
@@ -27,6 +28,8 @@ from maskprop_jax.evaluation.tracks import Track, average_area, frame_areas
 from maskprop_jax.evaluation.ytvis_json import Video
 
 RESULTS_NAME_IN_ZIP = "results.json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -63,12 +66,35 @@ def load_results(results: str | os.PathLike | list[Any], ground_truth: GroundTru
     segmentations = ytvis_json.per_frame_list(entry, "segmentations", video, where, required=True)
     rles = rle_lib.track_to_compressed(segmentations, video.height, video.width, _frames_of(where, video))
     parsed.append((video.id, category_id, float(score), rles))
+  _warn_about_duplicates(parsed, ground_truth, source)
   tracks = []
   for i, ((video_id, category_id, score, rles), areas) in enumerate(
       zip(parsed, frame_areas([p[3] for p in parsed]))):
     tracks.append(Track(id=i + 1, video_id=video_id, category_id=category_id, rles=rles, areas=areas,
                         avg_area=average_area(areas.tolist()), score=score))
   return tracks
+
+
+def _warn_about_duplicates(parsed: list[tuple[int, int, float, list[Any]]], ground_truth: GroundTruth,
+                           source: str) -> None:
+  """One warning for predictions that repeat an earlier one's video, category and masks (whatever their score):
+  usually a writer that emitted a track twice. They are kept and scored as the official evaluator scores them, each
+  copy on its own, so the stats do not change; the warning only says why they may be lower than expected."""
+  first_of: dict[tuple[Any, ...], int] = {}
+  duplicates = []
+  for i, (video_id, category_id, _, rles) in enumerate(parsed):
+    # Compared as compressed RLE, so that the same masks written in another form (polygons, raw counts) match too.
+    key = (video_id, category_id, *(None if r is None else r["counts"] for r in rles))
+    if key in first_of:
+      duplicates.append((i, first_of[key]))
+    else:
+      first_of[key] = i
+  if duplicates:
+    i, first = duplicates[0]
+    label = ground_truth.videos[parsed[i][0]].label
+    logger.warning("%s: %d prediction(s) repeat an earlier one (same video, category and masks), e.g. "
+                   "prediction %d repeats prediction %d of %s; each copy is scored as a prediction of its own",
+                   source, len(duplicates), i, first, label)
 
 
 def _frames_of(where: str, video: Video) -> Callable[[int], str]:

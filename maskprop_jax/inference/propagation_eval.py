@@ -151,7 +151,7 @@ def format_table(result: PairIous, title: str) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m maskprop_jax.inference.propagation_eval",
                                    description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", required=True, help="a train.py run directory (its latest checkpoint)")
+  parser.add_argument("--workdir", required=True, help="a train.py run directory (its latest checkpoint is used)")
   parser.add_argument("--config", help="the run's config file (default: the run's config.json)")
   parser.add_argument("--split", help="split to measure (default: config.data.val_split)")
   return parser.parse_args(argv)

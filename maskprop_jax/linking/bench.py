@@ -38,10 +38,11 @@ def make_clips(num_frames, num_objects, half_window, mask_hw, seed=0):
 
 
 def main():
-  parser = argparse.ArgumentParser(prog="python -m maskprop_jax.linking.bench", description=__doc__)
-  parser.add_argument("--frames", type=int, default=1000)
-  parser.add_argument("--objects", type=int, default=10)
-  parser.add_argument("--half-window", type=int, default=6, help="T: a clip spans 2T+1 frames")
+  parser = argparse.ArgumentParser(prog="python -m maskprop_jax.linking.bench", description=__doc__.split("\n")[0])
+  parser.add_argument("--frames", type=int, default=1000, help="frames of the video (default: %(default)s)")
+  parser.add_argument("--objects", type=int, default=10, help="objects, one track each (default: %(default)s)")
+  parser.add_argument("--half-window", type=int, default=6,
+                      help="T: a clip spans 2T+1 frames (default: %(default)s)")
   args = parser.parse_args()
   print(f"linking {args.frames} frames, {args.objects} tracks, T={args.half_window}, clips at every frame")
   print(f"{'mask h x w':>12} {'video h x w':>12} {'seconds':>8} {'frames/s':>9} {'tracks':>6}")

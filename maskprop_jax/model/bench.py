@@ -106,13 +106,17 @@ def time_torch(torch_model, image, boxes, masks, labels, iters: int) -> dict[str
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m maskprop_jax.model.bench", description=__doc__.split("\n\n")[0])
   parser.add_argument("--variant", default="maskrcnn_resnet50_fpn",
-                      choices=("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"))
-  parser.add_argument("--min-size", type=int, default=320)
-  parser.add_argument("--max-size", type=int, default=512)
-  parser.add_argument("--height", type=int, default=240)
-  parser.add_argument("--width", type=int, default=320)
-  parser.add_argument("--iters", type=int, default=3)
-  parser.add_argument("--skip-torch", action="store_true")
+                      choices=("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"),
+                      help="Mask R-CNN variant (default: %(default)s)")
+  parser.add_argument("--min-size", type=int, default=320,
+                      help="the models' input short side in pixels (default: %(default)s)")
+  parser.add_argument("--max-size", type=int, default=512,
+                      help="the models' input long side limit in pixels (default: %(default)s)")
+  parser.add_argument("--height", type=int, default=240, help="test image height (default: %(default)s)")
+  parser.add_argument("--width", type=int, default=320, help="test image width (default: %(default)s)")
+  parser.add_argument("--iters", type=int, default=3, help="timed runs; the median is reported (default: %(default)s)")
+  parser.add_argument("--skip-torch", action="store_true",
+                      help="time ours alone, without torch (default: compare with torchvision)")
   args = parser.parse_args(argv)
 
   from maskprop_jax.convert import parity  # noqa: PLC0415 -- the torch-side helpers live with the parity check

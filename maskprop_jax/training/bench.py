@@ -20,6 +20,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from maskprop_jax import logs
 from maskprop_jax.data import from_config
 from maskprop_jax.errors import parse_flags
 from maskprop_jax.training import config_checks, optimizer, parallel
@@ -59,6 +60,7 @@ def step_times(config, num_steps: int) -> tuple[float, list[float]]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logs.configure(FLAGS.verbosity)
   config = FLAGS.config
   compile_seconds, seconds = step_times(config, FLAGS.steps)
   ms = 1000 * np.asarray(seconds)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from maskprop_jax.data import tfds_builder
 from maskprop_jax.errors import InputError
 from maskprop_jax.kernels import IMPLS
 
@@ -35,6 +36,10 @@ def _int_pair(v) -> bool:
   return isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v)
 
 
+def _data_set_name(v) -> bool:
+  return isinstance(v, str) and tfds_builder.NAME_PATTERN.fullmatch(v) is not None
+
+
 def _choice(*choices: str) -> tuple[Callable[[Any], bool], str]:
   return (lambda v: v in choices), "one of " + ", ".join(repr(c) for c in choices)
 
@@ -52,6 +57,7 @@ FRACTION = _number((int, float), 0, 1)
 
 RULES: tuple[Rule, ...] = tuple((path, *check) for path, check in (
     ("seed", NON_NEGATIVE_INT),
+    ("data.name", (_data_set_name, "letters, digits, '_' and '-' (a prepared data set's name)")),
     ("data.image_hw", (_int_pair, "two positive integers (height, width)")),
     ("data.scale_range", (_int_pair, "two positive integers (shortest side, min and max)")),
     ("data.max_instances", POSITIVE_INT),

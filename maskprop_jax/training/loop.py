@@ -18,7 +18,7 @@ from typing import Protocol
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers, metrics, periodic_actions
+from clu import metrics
 
 from maskprop_jax.data import from_config
 from maskprop_jax.errors import EXIT_PREEMPTED, RunError
@@ -29,10 +29,11 @@ from maskprop_jax.training.state import (build_model, create_train_state, make_t
 
 
 class Evaluate(Protocol):
-  """What the loop calls to evaluate a model: the metrics (flat name -> number) it logs and returns."""
+  """What the loop calls to evaluate a model: the metrics (flat name -> number) it logs and returns, and images
+  (name -> uint8 [N, H, W, 3]) it logs."""
 
   def __call__(self, config: ml_collections.ConfigDict, model: maskprop.MaskProp, workdir: Path, *, step: int,
-               num_overlays: int) -> dict[str, float]: ...
+               num_overlays: int) -> dict[str, float | np.ndarray]: ...
 
 
 class NonFiniteLossError(RunError):
@@ -98,6 +99,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   if jax.process_index() == 0:
     runs.save_run_config(config, workdir)  # eval.py, the demo and propagation_eval rebuild the model from it
     runs.save_categories(categories, workdir)  # the demo names a run's classes with them
+  # clu's writers import TensorFlow (seconds, and its banners): only a run that trains pays for them.
+  from clu import metric_writers, periodic_actions  # noqa: PLC0415
+
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   mesh = parallel.make_mesh()
   num_steps = config.train.num_steps
@@ -190,6 +194,10 @@ def _check_finite(step: int, step_metrics: dict[str, jax.Array]) -> None:
 
 def _evaluate(evaluate: Evaluate, config, model, workdir: Path, writer, step: int,
               num_overlays: int = 0) -> dict[str, float]:
-  scores = evaluate(config, model, workdir, step=step, num_overlays=num_overlays)
+  outputs = evaluate(config, model, workdir, step=step, num_overlays=num_overlays)
+  images = {f"eval/{k}": v for k, v in outputs.items() if isinstance(v, np.ndarray) and v.ndim == 4}
+  scores = {k: float(v) for k, v in outputs.items() if f"eval/{k}" not in images}
   writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
+  if images:
+    writer.write_images(step, images)
   return scores

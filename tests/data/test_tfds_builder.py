@@ -129,8 +129,76 @@ def test_cli_prints_one_paragraph_and_exits_non_zero(tmp_path, capsys):
   assert not (tmp_path / "tfds").exists()
 
 
-def test_cli_rejects_an_unknown_name(tmp_path, capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(["--annotations", "a.json", "--data-dir", str(tmp_path), "--name", "coco"])
-  assert exit_info.value.code != 0
-  assert os.listdir(tmp_path) == []
+def _tiny_source(root: Path, videos: int = 2, seed: int = 1) -> Path:
+  synthetic.generate_dataset(root, videos, 0, seed=seed, height=16, width=16, min_frames=2, max_frames=3)
+  return root
+
+
+def _cli(capsys, *args) -> tuple[object, str, str]:
+  """prepare.main's exit code (None when it returns), stdout and stderr."""
+  try:
+    prepare.main([str(a) for a in args])
+    code = None
+  except SystemExit as e:
+    code = e.code
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+@pytest.mark.parametrize("name", ["my videos", "../elsewhere", "v1.0", "", "bäume"])
+def test_cli_rejects_a_name_that_cannot_be_a_folder(tmp_path, capsys, name):
+  source = _tiny_source(tmp_path / "source")
+  code, _, err = _cli(capsys, "--annotations", source / "train.json", "--data-dir", tmp_path / "tfds", "--name", name)
+  assert code == EXIT_ERROR
+  assert f"data set name {name!r}: use letters, digits, '_' and '-' only" in err and len(err.splitlines()) == 1
+  assert not (tmp_path / "tfds").exists()
+
+
+def test_a_users_own_name_is_prepared_beside_the_known_ones(source, tmp_path):
+  assert all(prepare.tfds_builder.check_name(n) == n for n in prepare.tfds_builder.CONFIG_DESCRIPTIONS)
+  path = prepare.ensure_prepared(tmp_path, "my-videos_2", "valid", images_dir=source / "valid" / "JPEGImages",
+                                 annotation_file=source / "valid.json")
+  assert path == tmp_path / "vis_videos" / "my-videos_2" / "1.0.0" == prepare.prepared_dir(tmp_path, "my-videos_2")
+  assert len(prepare.open_records(path, "valid")) == 2
+  assert json.loads((path / prepare.INFO_FILE).read_text())["configName"] == "my-videos_2"
+  with pytest.raises(InputError, match="data set name 'my/videos'"):  # what from_config calls, with config.data.name
+    prepare.ensure_prepared(tmp_path, "my/videos", "valid", images_dir=None, annotation_file=source / "valid.json")
+
+
+def test_missing_sources_are_an_error_even_for_a_prepared_split(prepared, source, tmp_path, capsys):
+  code, _, err = _cli(capsys, "--annotations", tmp_path / "nothing.json", "--data-dir", prepared)
+  assert code == EXIT_ERROR and f"--annotations {tmp_path / 'nothing.json'}: no such file" in err
+  code, _, err = _cli(capsys, "--annotations", source / "train.json", "--images", tmp_path / "no_frames",
+                      "--data-dir", prepared)
+  assert code == EXIT_ERROR and f"--images {tmp_path / 'no_frames'}: no such folder" in err
+  code, out, _ = _cli(capsys, "--annotations", source / "train.json", "--data-dir", prepared)
+  assert code is None and "already prepared, reusing it" in out
+
+
+def test_overwrite_replaces_a_split_only_once_the_new_one_is_built(tmp_path, capsys):
+  out = tmp_path / "tfds"
+  old = _tiny_source(tmp_path / "old", videos=3, seed=1)
+  new = _tiny_source(tmp_path / "new", videos=2, seed=2)
+  for split, source in (("train", old), ("valid", old)):  # a second split, which the overwrite must leave alone
+    assert _cli(capsys, "--annotations", source / "train.json", "--data-dir", out, "--split", split)[0] is None
+  dataset_dir = prepare.prepared_dir(out, "synthetic")
+  valid_files = sorted(p.name for p in dataset_dir.glob("vis_videos-valid.*"))
+
+  # A failed rebuild (a frame is missing) leaves the old split as it was.
+  frame = sorted((new / "train" / "JPEGImages").glob("*/*.jpg"))[0]
+  frame_bytes = frame.read_bytes()
+  frame.unlink()
+  code, _, err = _cli(capsys, "--annotations", new / "train.json", "--data-dir", out, "--overwrite")
+  assert code == EXIT_ERROR and frame.name in err
+  assert len(prepare.open_records(dataset_dir, "train")) == 3
+  frame.write_bytes(frame_bytes)
+
+  code, stdout, _ = _cli(capsys, "--annotations", new / "train.json", "--data-dir", out, "--overwrite")
+  assert code is None and "split 'train' with 2 videos" in stdout
+  records = prepare.open_records(dataset_dir, "train")
+  new_ids = [v["id"] for v in json.loads((new / "train.json").read_text())["videos"]]
+  assert [int(records[i]["video_id"]) for i in range(len(records))] == sorted(new_ids)
+  assert prepare.split_info(dataset_dir, "train")["video_ids"] == sorted(new_ids)
+  assert len(prepare.open_records(dataset_dir, "valid")) == 3
+  assert sorted(p.name for p in dataset_dir.glob("vis_videos-valid.*")) == valid_files
+  assert not [p for p in out.iterdir() if p.name.startswith(".prepare-")]  # no scratch folder left

@@ -45,6 +45,26 @@ def test_image_detections_json_and_overlay(params_dir, tmp_path):
   assert np.asarray(Image.open(tmp_path / "overlay.png")).shape == (45, 60, 3)
 
 
+def test_score_thresh_leaves_out_weaker_detections(params_dir, tmp_path, capsys):
+  image = np.zeros((45, 60, 3), np.uint8)
+  image[5:30, 10:40] = (250, 200, 10)
+  Image.fromarray(image).save(tmp_path / "in.png")
+
+  def detections(thresh, name):
+    main(["--params", params_dir, "--image", str(tmp_path / "in.png"), "--json", str(tmp_path / name),
+          "--score-thresh", str(thresh), "--out", str(tmp_path / "overlay.png")])
+    return json.loads((tmp_path / name).read_text())["detections"]
+
+  every = detections(0, "all.json")
+  scores = sorted(d["score"] for d in every)
+  assert scores[0] < scores[-1], "the test needs detections on both sides of the threshold"
+  thresh = (scores[0] + scores[-1]) / 2
+  kept = detections(thresh, "kept.json")
+  assert kept and kept == [d for d in every if d["score"] >= thresh]
+  out = capsys.readouterr().out
+  assert f"{len(kept)} detections with score >= {thresh:g} -> {tmp_path / 'kept.json'} and " in out
+
+
 def test_unreadable_image_exits_with_one_line(params_dir, tmp_path, capsys):
   (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
   with pytest.raises(SystemExit) as exit_info:

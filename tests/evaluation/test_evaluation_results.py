@@ -1,7 +1,10 @@
 """Results files: writing (JSON and zip), reading back, and clear errors for bad files."""
 
 import json
+import logging
 import math
+import os
+import stat
 import zipfile
 
 import numpy as np
@@ -127,3 +130,31 @@ def test_malformed_json_and_wrong_top_level(tmp_path, case):
 def test_empty_results_are_valid(case):
   _, _, ground_truth = case
   assert load_results([], ground_truth) == []
+
+
+def test_duplicate_predictions_are_one_warning_and_scored_as_given(case, caplog):
+  gt_json, results_json, ground_truth = case
+  assert not caplog.records and load_results(results_json, ground_truth)  # no duplicates in the random case
+  first, second = _first(results_json), json.loads(json.dumps(results_json[1]))
+  # A copy with another score still repeats the first (same video, category and masks); a copy in another
+  # category does not.
+  other_category = next(c for c in ground_truth.categories if c != second["category_id"])
+  duplicated = results_json + [dict(first, score=0.01), second, dict(second, category_id=other_category)]
+  with caplog.at_level(logging.WARNING, logger="maskprop_jax.evaluation.results"):
+    tracks = load_results(duplicated, ground_truth)
+  assert len(tracks) == len(duplicated)  # kept: scored as the official evaluator scores them
+  assert len(caplog.records) == 1
+  video = ground_truth.videos[first["video_id"]]
+  assert (f"2 prediction(s) repeat an earlier one (same video, category and masks), e.g. prediction "
+          f"{len(results_json)} repeats prediction 0 of {video.label}") in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("name", ["results.json", "submission.zip"])
+def test_results_files_get_the_umask_permissions(case, tmp_path, name):
+  _, results_json, ground_truth = case
+  previous = os.umask(0o022)
+  try:
+    write_results(results_json, tmp_path / name, ground_truth.videos)
+  finally:
+    os.umask(previous)
+  assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644

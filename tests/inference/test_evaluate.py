@@ -1,4 +1,5 @@
-"""Evaluation of a split: results and submission files, the 12 video AP stats, timings and overlay GIFs."""
+"""Evaluation of a split: results and submission files, the 12 video AP stats, timings and overlays; the config's
+split prepared (a synthetic one generated) before anything reads it."""
 
 import json
 import zipfile
@@ -6,7 +7,7 @@ import zipfile
 import imageio.v3 as iio
 import pytest
 
-from maskprop_jax import evaluation
+from maskprop_jax import evaluation, visualize
 from maskprop_jax.inference import evaluate, speed
 from maskprop_jax.errors import InputError
 from tiny_maskprop import tiny_config, tiny_model
@@ -41,8 +42,9 @@ def test_evaluate_split_writes_results_metrics_timings_and_overlays(valid_files,
   assert all(ms > 0 for ms in stage_ms) and sum(stage_ms) <= scores["ms_per_frame"] * 1.01
 
   first = synthetic_valid.videos[min(synthetic_valid.videos)]
-  gif = iio.imread(results_dir / "overlays" / f"{first.name}.gif", index=None)
-  assert gif.shape[:3] == (first.length, first.height, first.width)
+  overlay_path = results_dir / "overlays" / f"{first.name}{visualize.preferred_video_suffix()}"
+  overlay = iio.imread(overlay_path, index=None, plugin="pyav" if overlay_path.suffix == ".mp4" else None)
+  assert overlay.shape[:3] == (first.length, first.height, first.width)
   assert len(list((results_dir / "overlays").iterdir())) == 1
 
 
@@ -56,3 +58,16 @@ def test_a_model_with_another_number_of_classes_is_refused(valid_files, tmp_path
   with pytest.raises(InputError, match="has 6 categories, the model predicts 3"):
     evaluate.evaluate_split(config, tiny_model(config), tmp_path, split="valid", **valid_files)
   assert not (tmp_path / "results").exists()
+
+
+def test_a_synthetic_split_missing_on_this_machine_is_generated_before_it_is_read(tmp_path):
+  """A run copied to a fresh clone: before, "valid.json: annotation file not found" after restoring the model."""
+  config = tiny_config()
+  config.data.update(dict(name="synthetic", root=str(tmp_path / "data"), tfds_dir=str(tmp_path / "tfds")))
+  config.data.synthetic.update(dict(train_videos=1, val_videos=1, height=64, width=96, max_frames=8))
+  evaluate.check_data(config, "valid")
+  assert (tmp_path / "data" / "valid.json").is_file()
+  scores = evaluate.evaluate_split(config, tiny_model(config), tmp_path / "run", split="valid", num_images=1)
+  assert "AP" in scores
+  (image,) = [v for k, v in scores.items() if k.startswith("overlay/")]  # the TensorBoard picture
+  assert image.ndim == 4 and image.shape[0] == 1 and image.dtype.name == "uint8"

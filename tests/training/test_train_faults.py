@@ -212,3 +212,14 @@ def test_a_full_disk_stops_training_with_one_line_and_the_run_resumes_once_there
   assert result.returncode == 0, result.stderr[-3000:]
   assert "restored checkpoint at step 1" in result.stderr
   assert "4" in checkpoints
+
+
+def test_eval_of_a_workdir_without_a_checkpoint_is_an_error_unless_initial_weights_are_asked_for(
+    prepared_tiny_config, tmp_path):
+  config = prepared_tiny_config
+  command = [sys.executable, "eval.py", "--config", "tests/tiny_config.py", "--workdir", str(tmp_path / "empty"),
+             f"--config.data.root={config.data.root}", f"--config.data.tfds_dir={config.data.tfds_dir}"]
+  result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  error = _clean_error(result, "eval.py")  # before: scored random weights and exited 0
+  assert "no checkpoint in" in error and "--initial_weights" in error
+  assert not (tmp_path / "empty").exists()

@@ -28,13 +28,16 @@ def _train_command(config, workdir: Path) -> list[str]:
 
 
 def _summaries(workdir: Path) -> dict[str, dict[int, float]]:
-  """Every scalar of the TensorBoard files in workdir: name -> {step: value} (later files win)."""
+  """Every scalar of the TensorBoard files in workdir: name -> {step: value} (later files win); an image is
+  recorded as its encoded size."""
   tf = pytest.importorskip("tensorflow")
   values: dict[str, dict[int, float]] = {}
   for path in sorted(workdir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
     for event in tf.compat.v1.train.summary_iterator(str(path)):
       for value in event.summary.value:
-        values.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+        array = tf.make_ndarray(value.tensor)
+        number = float(len(array.flat[-1])) if array.dtype == object else float(array)
+        values.setdefault(value.tag, {})[event.step] = number
   return values
 
 
@@ -63,7 +66,7 @@ def test_sigterm_then_rerun_gives_the_losses_of_an_uninterrupted_run(prepared_ti
                                  capture_output=True, text=True, timeout=600)
   assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
   # The final evaluation draws the first validation video's tracks.
-  assert len(list((tmp_path / "uninterrupted" / "results" / "overlays").glob("*.gif"))) == 1
+  assert len(list((tmp_path / "uninterrupted" / "results" / "overlays").glob("*.*"))) == 1
 
   resumed_workdir = tmp_path / "resumed"
   command = _train_command(config, resumed_workdir)
@@ -87,5 +90,6 @@ def test_sigterm_then_rerun_gives_the_losses_of_an_uninterrupted_run(prepared_ti
     # Same parameters, same batches, same random keys: the same numbers, bit for bit.
     np.testing.assert_array_equal([actual[name][s] for s in steps], [expected[name][s] for s in steps],
                                   err_msg=name)
-  # Both runs end with an evaluation of the same final model.
+  # Both runs end with an evaluation of the same final model, its metrics and a picture of each validation video.
   assert expected["eval/AP"] == actual["eval/AP"]
+  assert [tag for tag in expected if tag.startswith("eval/overlay/")], sorted(expected)
