@@ -62,7 +62,7 @@ def get_config():
   config.train.update(dict(global_batch_size=4, num_steps=1800, log_every=50, checkpoint_every=500))
   config.optimizer.update(dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=100, warmup_factor=0.01,
                                schedule="cosine", clip_grad_norm=10.0, frozen_patterns=()))
-  config.evaluation.num_overlays = 3  # results/overlays/*.gif
+  config.evaluation.num_overlays = 3  # results/overlays/*.mp4 (.gif where pyav cannot encode H.264)
   # Tracks ranked by class probability x mask confidence x n / (n + 1) for n clips: on the earlier 1,800-step model,
   # video AP 0.451 -> 0.481 (AP75 0.441 -> 0.470), the masks and tracks unchanged. Objects hidden for up to 12
   # frames keep their track (the synthetic videos occlude objects for longer than a 7-frame clip): 0.481 -> 0.506.

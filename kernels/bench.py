@@ -275,12 +275,14 @@ def format_table(report: dict) -> str:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(prog="python kernels/bench.py", description=__doc__.split("\n\n")[0])
   parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
   parser.add_argument("--shapes", choices=("small", "all", "auto"), default="auto",
-                      help="small: skip the MaskProp-size shapes; auto: all on GPU / TPU, small on CPU")
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-  parser.add_argument("--repeats", type=int, default=5)
+                      help="small: skip the MaskProp-size shapes; auto: all on GPU / TPU, small on CPU "
+                           "(default: %(default)s)")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="dtype of the inputs and weights (default: %(default)s)")
+  parser.add_argument("--repeats", type=int, default=5, help="timed calls per row (default: %(default)s)")
   args = parser.parse_args(argv)
   big = args.shapes == "all" or (args.shapes == "auto" and jax.default_backend() != "cpu")
   shapes = [s for s in SHAPES if big or not s.big]

@@ -8,6 +8,7 @@ root), tfds_dir (where prepared records go), and for the synthetic set the gener
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import jax
@@ -44,6 +45,8 @@ def _prepare(config: ml_collections.ConfigDict, split: str) -> Path:
                      f"(it has {', '.join(data.annotations)})")
   if data.name == "synthetic" and not annotation_file(config, split).exists():
     s = data.synthetic
+    logging.info("generating the synthetic data set into %s (%d train, %d valid videos, seed %d)", data.root,
+                 s.train_videos, s.val_videos, s.seed)
     synthetic.generate_dataset(data.root, s.train_videos, s.val_videos, s.seed, height=s.height, width=s.width,
                                min_frames=s.min_frames, max_frames=s.max_frames, overwrite=True)
   return prepare.ensure_prepared(data.tfds_dir, data.name, split, images_dir=images_dir(config, split),
