@@ -110,13 +110,18 @@ def overlay_frames(frames: Iterable[np.ndarray], tracks: Sequence[Any], names: d
   Tracks carry category_id, score and per-frame RLE `masks` (or None); a track's index is its id and colour.
   """
   for index, frame in enumerate(frames):
-    instances = []
-    for track_id, track in enumerate(tracks):
-      mask = track.masks[index]
-      if mask is not None:
-        caption = f"{track_id} {names.get(track.category_id, track.category_id)} {track.score:.2f}"
-        instances.append((track_id, caption, rle.decode(mask).astype(bool)))
-    yield overlay(frame, instances)
+    yield overlay_frame(frame, index, tracks, names)
+
+
+def overlay_frame(frame: np.ndarray, index: int, tracks: Sequence[Any], names: dict[int, str]) -> np.ndarray:
+  """Frame `index` of a video with every track that has a mask there drawn (see overlay_frames)."""
+  instances = []
+  for track_id, track in enumerate(tracks):
+    mask = track.masks[index]
+    if mask is not None:
+      caption = f"{track_id} {names.get(track.category_id, track.category_id)} {track.score:.2f}"
+      instances.append((track_id, caption, rle.decode(mask).astype(bool)))
+  return overlay(frame, instances)
 
 
 def _even(frame: np.ndarray) -> np.ndarray:
@@ -191,10 +196,11 @@ def middle_frame_overlays(videos: Sequence[Any], predictions: Sequence[Any], dat
   names = {c.id: c.name for c in dataset.categories.values()}
   images = {}
   for video in videos:
-    drawn = overlay_frames(video, _tracks_of(video, predictions, score_thresh), names)
-    for index, frame in enumerate(drawn):
-      if index == video.num_frames // 2:
-        images[video.name] = frame[None]
+    middle = video.num_frames // 2
+    for index, frame in enumerate(video):  # frames stream: read up to the middle one, draw only that one
+      if index == middle:
+        tracks = _tracks_of(video, predictions, score_thresh)
+        images[video.name] = overlay_frame(frame, index, tracks, names)[None]
         break
   return images
 
