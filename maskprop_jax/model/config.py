@@ -59,6 +59,7 @@ def _torchvision_v1() -> ml_collections.ConfigDict:
     box_conv_layers=(), box_fc_dim=1024, box_norm=False,
     box_output_size=7, box_sampling_ratio=2,
     mask_output_size=14, mask_sampling_ratio=2, mask_layers=(256, 256, 256, 256), mask_norm=False,
+    mask_loss_buckets=True,  # the mask loss on the smallest bucket of slots holding the positives (exact)
     aligned=False,
     level_rule="torchvision",  # FPN level of a RoI: torchvision's LevelMapper or detectron2's (eps in the log)
     score_thresh=0.05, nms_thresh=0.5, detections_per_img=100,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from maskprop_jax.model import box_coder, box_ops, nms, roi_targets
+from maskprop_jax.model import box_coder, box_ops, nms, roi_targets, slot_buckets
 from maskprop_jax.model.box_head import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from maskprop_jax.model.mask_head import MaskRCNNHeads, MaskRCNNPredictor
 from maskprop_jax.model.roi_align import multi_scale_roi_align
@@ -91,7 +91,8 @@ class RoIHeads(nnx.Module):
   box_output_size, box_sampling_ratio, mask_output_size, mask_sampling_ratio, mask_layers, mask_norm, aligned,
   score_thresh, nms_thresh, detections_per_img, fg_iou_thresh, bg_iou_thresh, batch_size_per_image,
   positive_fraction, bbox_reg_weights; optional: level_rule ("torchvision" or "detectron2"),
-  max_sampling_grid (cap of adaptive RoIAlign grids), mask_dilation.
+  max_sampling_grid (cap of adaptive RoIAlign grids), mask_dilation, mask_loss_buckets (the mask loss on the
+  smallest power-of-two bucket of positive slots that holds the batch's positives; default True).
   """
 
   def __init__(self, cfg: ml_collections.ConfigDict, num_classes: int, in_channels: int = 256, *,
@@ -129,12 +130,43 @@ class RoIHeads(nnx.Module):
     logits, deltas = self.box_predictor(self.box_head(pooled, valid.reshape(-1)))
     return logits.reshape(batch, num_boxes, -1), deltas.reshape(batch, num_boxes, -1)
 
-  def mask_logits(self, features, boxes, valid, input_hw) -> jax.Array:
-    """Per-class mask logits [B, R, M, M, K] of boxes [B, R, 4] (valid [B, R])."""
+  def mask_logits(self, features, boxes, valid, input_hw, *, as_matmul: bool = False) -> jax.Array:
+    """Per-class mask logits [B, R, M, M, K] of boxes [B, R, 4] (valid [B, R]); as_matmul: the mask head's
+    convolutions as im2col + matmul."""
     batch, num_boxes = boxes.shape[:2]
     pooled = self._pool(features, boxes, input_hw, self.cfg.mask_output_size, self.cfg.mask_sampling_ratio)
-    logits = self.mask_predictor(self.mask_head(pooled, valid.reshape(-1)))
+    logits = self.mask_predictor(self.mask_head(pooled, valid.reshape(-1), as_matmul=as_matmul))
     return logits.reshape(batch, num_boxes, *logits.shape[1:])
+
+  def mask_loss(self, features, positives: roi_targets.PositiveRoIs, gt_masks, image_hw, input_hw) -> jax.Array:
+    """loss_mask of the positive RoIs, on every slot or (mask_loss_buckets) on the smallest bucket of slots that
+    holds the batch's positives: the same loss, since padded slots are masked out of it and of the batch norms'
+    statistics (see slot_buckets)."""
+    num_slots = positives.valid.shape[1]
+    sizes = slot_buckets.bucket_sizes(num_slots) if self.cfg.get("mask_loss_buckets", True) else (num_slots,)
+    # XLA:CPU compiles convolutions inside switch branches into a slow layout; a matmul keeps its fast kernel.
+    as_matmul = len(sizes) > 1 and jax.default_backend() == "cpu"
+    heads = (self.mask_head, self.mask_predictor)
+    graphdef, state = nnx.split(heads)
+
+    def loss(positives, state, features, gt_masks, image_hw):
+      # The heads enter as explicit state: a switch branch may not update variables it closes over (the batch
+      # norms' running statistics of the v2 head), so they come back as outputs.
+      heads = nnx.merge(graphdef, state)
+      mask_head, mask_predictor = heads
+      pooled = self._pool(features, positives.boxes, input_hw, self.cfg.mask_output_size,
+                          self.cfg.mask_sampling_ratio)
+      logits = mask_predictor(mask_head(pooled, positives.valid.reshape(-1), as_matmul=as_matmul))
+      logits = logits.reshape(*positives.valid.shape, *logits.shape[1:])
+      targets = roi_targets.project_masks_on_boxes(
+          gt_masks, positives.boxes, positives.matched_gt, image_hw, logits.shape[2])
+      return roi_targets.maskrcnn_loss(logits, positives, targets), nnx.state(heads, nnx.BatchStat)
+
+    num_valid = jnp.max(jnp.sum(positives.valid, axis=1))
+    loss_mask, statistics = slot_buckets.on_smallest_bucket(
+        loss, num_valid, positives, state, tuple(features), gt_masks, image_hw, sizes=sizes)
+    nnx.update(heads, statistics)
+    return loss_mask
 
   def detect(
       self,
@@ -203,9 +235,6 @@ class RoIHeads(nnx.Module):
     loss_classifier, loss_box_reg = roi_targets.fastrcnn_loss(logits, deltas, sample)
 
     positives = roi_targets.positive_rois(sample, int(cfg.batch_size_per_image * cfg.positive_fraction))
-    mask_logits = self.mask_logits(features, positives.boxes, positives.valid, input_hw)
-    mask_targets = roi_targets.project_masks_on_boxes(
-        gt_masks, positives.boxes, positives.matched_gt, image_hw, mask_logits.shape[2])
-    loss_mask = roi_targets.maskrcnn_loss(mask_logits, positives, mask_targets)
+    loss_mask = self.mask_loss(features, positives, gt_masks, image_hw, input_hw)
     losses = dict(loss_classifier=loss_classifier, loss_box_reg=loss_box_reg, loss_mask=loss_mask)
     return losses, sample

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskprop_jax.model import roi_heads, roi_targets
+from maskprop_jax.model import mask_head, roi_heads, roi_targets
 from maskprop_jax.model.config import mask_rcnn_config
 
 CHANNELS, NUM_CLASSES = 8, 5
@@ -113,6 +113,49 @@ def test_losses_are_finite_and_differentiable_with_random_sampling():
   assert sample.valid.sum(1).tolist() == [43, 27]
   assert all(np.isfinite(float(v)) and float(v) > 0 for v in losses.values())
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def _relative_error(new, old):
+  """max |new - old| / max |old| of one array (0 where both are 0)."""
+  new, old = np.asarray(new, np.float64), np.asarray(old, np.float64)
+  return float(np.max(np.abs(new - old)) / max(np.max(np.abs(old)), 1e-30))
+
+
+@pytest.mark.parametrize("variant", ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"])
+def test_bucketed_mask_loss_and_gradients_equal_the_computation_on_every_slot(variant, monkeypatch):
+  """The mask loss on the smallest bucket of positive slots (im2col convs on the CPU, conv5_mask as an einsum)
+  against the computation before either: every one of the 128 slots, conv5_mask as lax.conv_transpose."""
+  features, proposals, proposal_valid, gt_boxes, gt_labels, gt_masks, gt_valid = _scene()
+  inputs = ([jnp.asarray(f) for f in features], jnp.asarray(proposals), jnp.asarray(proposal_valid),
+            jnp.asarray(gt_boxes), jnp.asarray(gt_labels), jnp.asarray(gt_masks), jnp.asarray(gt_valid),
+            jnp.asarray(IMAGE_HW))
+
+  def run(buckets):
+    cfg = _config(variant)
+    cfg.mask_loss_buckets = buckets
+    model = roi_heads.RoIHeads(cfg, NUM_CLASSES, CHANNELS, rngs=nnx.Rngs(0))
+    model.train()
+
+    def total(model, features):
+      losses, sample = model.losses(features, *inputs[1:], INPUT_HW, jax.random.key(1))
+      return sum(losses.values()), (losses, sample)
+
+    (_, (losses, sample)), grads = nnx.jit(nnx.value_and_grad(total, argnums=(0, 1), has_aux=True))(
+        model, inputs[0])
+    return losses, sample, grads, nnx.state(model, nnx.BatchStat)
+
+  new_losses, sample, new_grads, new_stats = run(True)
+  with monkeypatch.context() as patch:  # the computation as it was: lax.conv_transpose
+    patch.setattr(mask_head.BlockConvTranspose, "__call__", nnx.ConvTranspose.__call__)
+    old_losses, _, old_grads, old_stats = run(False)
+  positives = int(np.max(np.sum(np.asarray(sample.labels > 0) & np.asarray(sample.valid), 1)))
+  assert 8 < positives <= 64  # a bucket of 16..64 of the 128 slots ran
+  for name in old_losses:
+    np.testing.assert_allclose(new_losses[name], old_losses[name], rtol=1e-5)
+  errors = jax.tree.map(_relative_error, new_grads, old_grads)
+  assert max(jax.tree.leaves(errors)) < 1e-4, errors
+  for new, old in zip(jax.tree.leaves(new_stats), jax.tree.leaves(old_stats)):
+    np.testing.assert_allclose(new, old, rtol=1e-5, atol=1e-6)
 
 
 torch = pytest.importorskip("torch")

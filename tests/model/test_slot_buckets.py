@@ -1,0 +1,53 @@
+"""Slot buckets: the smallest power-of-two prefix holding the valid slots, exact under jit and grad."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maskprop_jax.model import slot_buckets
+
+
+def test_bucket_sizes():
+  assert slot_buckets.bucket_sizes(128) == (8, 16, 32, 64, 128)
+  assert slot_buckets.bucket_sizes(100) == (8, 16, 32, 64, 100)
+  assert slot_buckets.bucket_sizes(16) == (8, 16)
+  assert slot_buckets.bucket_sizes(8) == (8,)
+  assert slot_buckets.bucket_sizes(4) == (4,)
+
+
+@pytest.mark.parametrize("num_valid,expected", [(0, 8), (1, 8), (8, 8), (9, 16), (16, 16), (17, 32), (33, 64),
+                                                 (65, 100), (100, 100)])
+def test_the_smallest_bucket_holding_the_valid_slots_runs(num_valid, expected):
+  sizes = slot_buckets.bucket_sizes(100)
+  slots = jnp.zeros((2, 100, 3))
+
+  @jax.jit
+  def seen(num_valid):
+    return slot_buckets.on_smallest_bucket(lambda s: jnp.int32(s.shape[1]), num_valid, slots, sizes=sizes)
+
+  assert int(seen(num_valid)) == expected
+
+
+def test_masked_sum_and_its_gradient_equal_the_whole_computation():
+  rng = np.random.default_rng(0)
+  values = jnp.asarray(rng.normal(size=(3, 64, 5)).astype(np.float32))
+  counts = np.array([5, 11, 2])
+  valid = jnp.asarray(np.arange(64)[None] < counts[:, None])  # [3, 64], valid slots first
+  weight = jnp.asarray(rng.normal(size=(5, 4)).astype(np.float32))
+
+  def masked(slotted, weight):
+    values, valid = slotted
+    return jnp.sum(jnp.where(valid[..., None], jnp.tanh(values @ weight), 0.0))
+
+  def bucketed(values, weight):
+    sizes = slot_buckets.bucket_sizes(64)
+    return slot_buckets.on_smallest_bucket(masked, jnp.max(jnp.sum(valid, 1)), (values, valid), weight,
+                                           sizes=sizes)
+
+  whole = jax.jit(jax.value_and_grad(lambda v, w: masked((v, valid), w), argnums=(0, 1)))(values, weight)
+  cut = jax.jit(jax.value_and_grad(bucketed, argnums=(0, 1)))(values, weight)
+  np.testing.assert_allclose(cut[0], whole[0], rtol=1e-6)
+  for a, b in zip(cut[1], whole[1]):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert np.all(np.asarray(cut[1][0])[:, 16:] == 0)  # slots past the bucket get no gradient, as padding should
