@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maskprop_jax.model.conv_norm_activation import Conv2dNormActivation, conv_kernel_init
+from maskprop_jax.model.conv_norm_activation import Conv2dNormActivation, conv_as_matmul, conv_kernel_init
 
 
 class MaskRCNNHeads(nnx.List):
@@ -80,6 +80,9 @@ class MaskRCNNPredictor(nnx.Module):
         dim_reduced, num_classes, (1, 1), kernel_init=conv_kernel_init, bias_init=nnx.initializers.zeros,
         rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [N, H, W, C] -> [N, 2H, 2W, num_classes] logits."""
-    return self.mask_fcn_logits(jax.nn.relu(self.conv5_mask(x)))
+  def __call__(self, x: jax.Array, *, as_matmul: bool = False) -> jax.Array:
+    """x: [N, H, W, C] -> [N, 2H, 2W, num_classes] logits; as_matmul computes the 1x1 conv as a matmul."""
+    x = jax.nn.relu(self.conv5_mask(x))
+    if not as_matmul:
+      return self.mask_fcn_logits(x)
+    return conv_as_matmul(x, self.mask_fcn_logits.kernel[...]) + self.mask_fcn_logits.bias[...]

@@ -135,7 +135,8 @@ class RoIHeads(nnx.Module):
     convolutions as im2col + matmul."""
     batch, num_boxes = boxes.shape[:2]
     pooled = self._pool(features, boxes, input_hw, self.cfg.mask_output_size, self.cfg.mask_sampling_ratio)
-    logits = self.mask_predictor(self.mask_head(pooled, valid.reshape(-1), as_matmul=as_matmul))
+    logits = self.mask_predictor(self.mask_head(pooled, valid.reshape(-1), as_matmul=as_matmul),
+                                 as_matmul=as_matmul)
     return logits.reshape(batch, num_boxes, *logits.shape[1:])
 
   def mask_loss(self, features, positives: roi_targets.PositiveRoIs, gt_masks, image_hw, input_hw) -> jax.Array:
@@ -156,7 +157,8 @@ class RoIHeads(nnx.Module):
       mask_head, mask_predictor = heads
       pooled = self._pool(features, positives.boxes, input_hw, self.cfg.mask_output_size,
                           self.cfg.mask_sampling_ratio)
-      logits = mask_predictor(mask_head(pooled, positives.valid.reshape(-1), as_matmul=as_matmul))
+      logits = mask_predictor(mask_head(pooled, positives.valid.reshape(-1), as_matmul=as_matmul),
+                              as_matmul=as_matmul)
       logits = logits.reshape(*positives.valid.shape, *logits.shape[1:])
       targets = roi_targets.project_masks_on_boxes(
           gt_masks, positives.boxes, positives.matched_gt, image_hw, logits.shape[2])
