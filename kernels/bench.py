@@ -1,14 +1,16 @@
 """Times deform_conv2d / masked_deform_conv2d per impl against torchvision, with roofline fractions.
 
-  python kernels/bench.py [--json] [--shapes small|all|auto] [--dtype float32|bfloat16] [--repeats 5]
+  python kernels/bench.py [--json] [--shapes small|all|auto] [--dtype float32|bfloat16] [--repeats 5] [--match S]
 
 For each shape, every impl that runs here (xla everywhere, and xla_projected for the masked shapes; pallas and
 pallas_projected on GPU / TPU) and torchvision's deform_conv2d when installed (CUDA when torch sees a GPU, else
 CPU) are timed for the forward and for forward + backward (gradients of every input): median wall time of
 --repeats runs after one warm-up run (fewer once a row has spent 30 s), synchronised (block_until_ready /
-cuda.synchronize). The masked form is compared with torchvision applied to the I masked copies of x stacked
-along the batch (I * R copies for R warps of a frame), which is what it replaces. "xla" and "pallas" are the sample-then-GEMM form, the projected ones
-project x by the weight once per frame (kernels/projected.py), what "auto" runs for the masked form.
+cuda.synchronize); torchvision on a CPU with as many threads as XLA:CPU. The masked form is compared with
+torchvision applied to the I masked copies of x stacked along the batch (I * R copies for R warps of a frame),
+which is what it replaces. "xla" and "pallas" are the sample-then-GEMM form, the projected ones project x by the
+weight once per frame (kernels/projected.py), what "auto" runs for the masked form. --match picks shapes by name
+(e.g. "synthetic": configs/synthetic.py's training step).
 
 Throughput is counted from the GEMM FLOPs (2 * rows * K * C * O forward, three times that forward +
 backward) and from the minimum HBM traffic (every input read and every output written once); the roofline
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -50,6 +53,8 @@ class Shape:
 
 
 SHAPES = (
+    # configs/synthetic.py's training step: 4 clips' center frames (P2, 48x72, 32 channels), 6 instance slots.
+    Shape("masked I=6 synthetic 4x48x72 32->32", 4, 48, 72, 32, 32, instances=6),
     Shape("dcn 4x64x64 64->64", 4, 64, 64, 64, 64),
     Shape("dcn 2x48x80 256->256", 2, 48, 80, 256, 256),
     Shape("masked I=10 2x48x80 256->256", 2, 48, 80, 256, 256, instances=10),
@@ -171,6 +176,8 @@ def _time_torchvision(shape: Shape, inputs, repeats: int) -> tuple[float, float,
   if inputs["x"].dtype != jnp.float32:  # torchvision's CPU kernel has no bf16; keep it like for like
     return None
   device = "cuda" if torch.cuda.is_available() else "cpu"
+  if device == "cpu":  # as many threads as XLA:CPU's pool (one per core this process may use), like for like
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
 
   def tensor(array):
     return torch.tensor(np.asarray(array), device=device, requires_grad=True)
@@ -283,9 +290,10 @@ def main(argv=None) -> None:
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="dtype of the inputs and weights (default: %(default)s)")
   parser.add_argument("--repeats", type=int, default=5, help="timed calls per row (default: %(default)s)")
+  parser.add_argument("--match", default="", help="only the shapes whose name contains this (default: all)")
   args = parser.parse_args(argv)
   big = args.shapes == "all" or (args.shapes == "auto" and jax.default_backend() != "cpu")
-  shapes = [s for s in SHAPES if big or not s.big]
+  shapes = [s for s in SHAPES if (big or not s.big) and args.match in s.name]
   report = run(shapes, args.dtype, args.repeats)
   print(json.dumps(report, indent=2) if args.json else format_table(report))
 

@@ -23,7 +23,9 @@ projects a clip's center frame once for all its reference frames.
 Memory: z is [G, P, K, O] (K * O / Cg times x), kept in x's dtype; the backward accumulates its gradient dz in
 float32 (same size) because corners of different output chunks overlap. The output rows are processed in chunks
 (a lax.scan, xla_impl's budget) so that one chunk's gathered z and its gradient stay bounded; at the test sizes
-there is a single chunk unless a test asks for small ones.
+there is a single chunk unless a test asks for small ones. The corner weights and the corners' rows of all output
+rows (three [rows, 4KG] 32-bit arrays, a small fraction of z) are computed once before the loop
+(_sample_terms), and the offsets' gradient after it.
 """
 
 from __future__ import annotations
@@ -107,23 +109,46 @@ def _corner_rows(corner, image, geometry: ConvGeometry):
   return z_rows.reshape(m, -1), mask_rows.reshape(m, -1)
 
 
-def _chunk_terms(z_flat, masks_flat, chunk_offsets, chunk_mask, index, rows_per_chunk, geometry, with_vjp):
-  """The gathered z [m, 4KG, O] (x's dtype), float32 scales [m, 4KG, I] = corner weight * M_i(corner), and what
-  the backward needs: corner weights [m, 4KG, 1], masks at the corners [m, 4KG, I], rows and the weights' VJP."""
-  rows = index * rows_per_chunk + jnp.arange(rows_per_chunk)
-  base, image = _tap_bases(rows, geometry, geometry.out_batch)
-  image = image // geometry.warps  # the frame of x that output image `image` warps
+def _sample_terms(offsets_c, mask_c, geometry: ConvGeometry, with_vjp: bool):
+  """Corner weights and corner rows of every sample of every chunk, computed once before the chunk loop.
+
+  offsets_c [c, m, K, G, 2], mask_c [c, m, K, G] or None. Returns corner weights [c, m, 4KG] float32 (modulation
+  included), z_rows and mask_rows [c, m, 4KG] int32 (_corner_rows), and the weights' VJP (d weights
+  [c*m, K, G, 4] -> d offsets, d mask) or None. Out of the loop on purpose: inside it XLA:CPU fuses this
+  elementwise index and weight arithmetic into every consumer and redoes it for each gathered channel.
+  """
+  num_chunks, rows_per_chunk = offsets_c.shape[:2]
+  base, image = _tap_bases(jnp.arange(num_chunks * rows_per_chunk), geometry, geometry.out_batch)
+  flat_offsets = offsets_c.reshape((-1,) + offsets_c.shape[2:])
+  flat_mask = None if mask_c is None else mask_c.reshape((-1,) + mask_c.shape[2:])
+  weights_vjp = None
   if with_vjp:
-    weights, corner, weights_vjp = _corner_weights_vjp(chunk_offsets, chunk_mask, base, geometry.in_hw)
+    weights, corner, weights_vjp = _corner_weights_vjp(flat_offsets, flat_mask, base, geometry.in_hw)
   else:
-    weights, corner = _corner_weights(chunk_offsets, chunk_mask, base, geometry.in_hw)
-    weights_vjp = None
-  z_rows, mask_rows = _corner_rows(corner, image, geometry)  # [m, 4KG]
-  values = _take(z_flat, z_rows.reshape(-1)).reshape(rows_per_chunk, -1, geometry.out_channels)  # [m, 4KG, O]
-  at_corner = _take(masks_flat, mask_rows.reshape(-1)).astype(jnp.float32).reshape(
-      rows_per_chunk, -1, geometry.num_instances)  # [m, 4KG, I]
-  corner_weights = weights.reshape(rows_per_chunk, -1, 1)  # [m, 4KG, 1] float32, modulation included
-  return values, corner_weights * at_corner, (corner_weights, at_corner, z_rows, mask_rows, weights_vjp)
+    weights, corner = _corner_weights(flat_offsets, flat_mask, base, geometry.in_hw)
+  z_rows, mask_rows = _corner_rows(corner, image // geometry.warps, geometry)  # frame b // R of output image b
+  chunked = (num_chunks, rows_per_chunk, -1)
+  return weights.reshape(chunked), z_rows.reshape(chunked), mask_rows.reshape(chunked), weights_vjp
+
+
+def _gathered(z_flat, masks_flat, z_rows, mask_rows, geometry: ConvGeometry):
+  """One chunk's z at the corners [m, 4KG, O] (z's dtype) and instance masks there [m, 4KG, I] float32."""
+  m = z_rows.shape[0]
+  values = _take(z_flat, z_rows.reshape(-1)).reshape(m, -1, geometry.out_channels)
+  at_corner = _take(masks_flat, mask_rows.reshape(-1)).astype(jnp.float32).reshape(m, -1, geometry.num_instances)
+  return values, at_corner
+
+
+def _contract_corners(scale, values):
+  """out[m, i, o] = sum_j scale[m, j, i] values[m, j, o], float32 accumulation: [m, I, O] float32.
+
+  On a CPU as a broadcast product summed over j: XLA:CPU runs this batched dot (its contracted axis is not the
+  minor one of scale) as a naive loop, about 1.6x slower than the fused multiply-reduce, and folds away any
+  transpose that would make the axis minor. The products are exact in float32 either way (bfloat16 widened).
+  """
+  if jax.default_backend() != "cpu":
+    return _dot(scale, values, ((1,), (1,)), ((0,), (0,)))
+  return jnp.sum(scale.astype(jnp.float32)[:, :, :, None] * values.astype(jnp.float32)[:, :, None, :], axis=1)
 
 
 def masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, *, stride: IntOrPair, padding: IntOrPair,
@@ -138,15 +163,15 @@ def masked_deform_conv2d_fwd(x, instance_masks, offsets, mask, weight, *, stride
   masks_flat = _pad_flat_masks(instance_masks)  # [P, I]
   offsets_c = _split_rows(offsets, num_rows, rows_per_chunk, num_chunks, swap_group_tap=True)  # [c, m, K, G, 2]
   mask_c = None if mask is None else _split_rows(mask, num_rows, rows_per_chunk, num_chunks, True)
+  weights_c, z_rows_c, mask_rows_c, _ = _sample_terms(offsets_c, mask_c, geometry, with_vjp=False)
 
   def body(carry, chunk):
-    index, chunk_offsets, chunk_mask = chunk
-    values, scale, _ = _chunk_terms(z_flat, masks_flat, chunk_offsets, chunk_mask, index, rows_per_chunk,
-                                    geometry, with_vjp=False)
-    out = _dot(scale.astype(x.dtype), values, ((1,), (1,)), ((0,), (0,)))  # [m, I, O]
-    return carry, out.astype(x.dtype)
+    _, weights, z_rows, mask_rows = chunk
+    values, at_corner = _gathered(z_flat, masks_flat, z_rows, mask_rows, geometry)
+    scale = (weights[..., None] * at_corner).astype(x.dtype)  # [m, 4KG, I]: corner weight * M_i(corner)
+    return carry, _contract_corners(scale, values).astype(x.dtype)  # [m, I, O]
 
-  _, out = _scan_chunks(body, (), (offsets_c, mask_c), num_chunks)  # [c, m, I, O]
+  _, out = _scan_chunks(body, (), (weights_c, z_rows_c, mask_rows_c), num_chunks)  # [c, m, I, O]
   out = _unchunk(out, num_rows, (geometry.out_batch,) + geometry.out_hw)  # [N*R, Ho, Wo, I, O]
   return jnp.transpose(out, (0, 3, 1, 2, 4))
 
@@ -156,10 +181,12 @@ def masked_deform_conv2d_bwd(x, instance_masks, offsets, mask, weight, out_grad,
                              chunk_elements: int | None = None):
   """Gradients (x, instance_masks, offsets, mask, weight) of sum(forward * out_grad); mask's is None when it is.
 
-  Per chunk: d scale = out_grad . z_corners (-> instance-mask and corner-weight gradients, the latter through
-  xla_impl's corner-weight VJP to offsets and mask) and dz_corners = scale^T . out_grad, scatter-added into dz.
-  Then the two per-frame GEMMs: dx = dz W^T and dW_k = x^T dz_k. z is recomputed (one GEMM) rather than kept
-  from the forward: it is K * O / Cg times the size of x.
+  Per chunk, with g the chunk's out_grad and h = sum_i M_i(corner) g_i [m, 4KG, O]: dz_corners = w h (w the
+  corner weights), scatter-added into dz; the corner-weight gradient z_corners . h, taken to offsets and mask by
+  xla_impl's corner-weight VJP once after the loop; the instance-mask gradient from d scale = z_corners . g_i,
+  whose batched dot XLA drops when that gradient is unused (MaskProp stops it). Then the two per-frame GEMMs:
+  dx = dz W^T and dW_k = x^T dz_k. z is recomputed (one GEMM) rather than kept from the forward: it is
+  K * O / Cg times the size of x.
   """
   geometry = ConvGeometry.from_arguments(
       "projected.masked_deform_conv2d_bwd", x=x, offsets=offsets, weight=weight, mask=mask,
@@ -173,24 +200,26 @@ def masked_deform_conv2d_bwd(x, instance_masks, offsets, mask, weight, out_grad,
   mask_c = None if mask is None else _split_rows(mask, num_rows, rows_per_chunk, num_chunks, True)
   grads_c = _split_rows(jnp.transpose(out_grad, (0, 2, 3, 1, 4)).astype(x.dtype), num_rows, rows_per_chunk,
                         num_chunks, swap_group_tap=False)  # [c, m, I, O]
+  weights_c, z_rows_c, mask_rows_c, weights_vjp = _sample_terms(offsets_c, mask_c, geometry, with_vjp=True)
 
   def body(carry, chunk):
     d_z_flat, d_masks_flat = carry
-    index, chunk_offsets, chunk_mask, chunk_grads = chunk
-    values, scale, (corner_weights, at_corner, z_rows, mask_rows, weights_vjp) = _chunk_terms(
-        z_flat, masks_flat, chunk_offsets, chunk_mask, index, rows_per_chunk, geometry, with_vjp=True)
+    _, weights, z_rows, mask_rows, chunk_grads = chunk
+    values, at_corner = _gathered(z_flat, masks_flat, z_rows, mask_rows, geometry)
+    h = _dot(at_corner.astype(x.dtype), chunk_grads, ((2,), (1,)), ((0,), (0,)))  # [m, 4KG, O] float32
+    d_z_flat = d_z_flat.at[z_rows.reshape(-1)].add((weights[..., None] * h).reshape(-1, out_channels),
+                                                   mode="promise_in_bounds")
     d_scale = _dot(values, chunk_grads, ((2,), (2,)), ((0,), (0,)))  # [m, 4KG, I]
-    d_values = _dot(scale.astype(x.dtype), chunk_grads, ((2,), (1,)), ((0,), (0,)))  # [m, 4KG, O]
-    d_z_flat = d_z_flat.at[z_rows.reshape(-1)].add(d_values.reshape(-1, out_channels), mode="promise_in_bounds")
-    d_masks_flat = d_masks_flat.at[mask_rows.reshape(-1)].add((corner_weights * d_scale).reshape(-1, instances),
-                                                              mode="promise_in_bounds")
-    d_weights = jnp.sum(at_corner * d_scale, axis=-1)  # [m, 4KG]
-    d_offsets, d_mask = weights_vjp(d_weights.reshape(chunk_offsets.shape[:3] + (_CORNERS,)))
-    return (d_z_flat, d_masks_flat), (d_offsets, d_mask)
+    d_masks_flat = d_masks_flat.at[mask_rows.reshape(-1)].add(
+        (weights[..., None] * d_scale).reshape(-1, instances), mode="promise_in_bounds")
+    return (d_z_flat, d_masks_flat), jnp.sum(values.astype(jnp.float32) * h, axis=-1)  # d weights [m, 4KG]
 
   carry = (jnp.zeros(z_flat.shape, jnp.float32), jnp.zeros(masks_flat.shape, jnp.float32))
-  (d_z_flat, d_masks_flat), (d_offsets, d_mask) = _scan_chunks(body, carry, (offsets_c, mask_c, grads_c),
-                                                               num_chunks)
+  (d_z_flat, d_masks_flat), d_weights = _scan_chunks(body, carry, (weights_c, z_rows_c, mask_rows_c, grads_c),
+                                                     num_chunks)  # d_weights [c, m, 4KG]
+  d_offsets, d_mask = weights_vjp(d_weights.reshape((-1,) + offsets_c.shape[2:4] + (_CORNERS,)))
+  d_offsets = d_offsets.reshape(offsets_c.shape)  # [c, m, K, G, 2]
+  d_mask = None if d_mask is None else d_mask.reshape(mask_c.shape)
 
   groups, hp, wp = geometry.offset_groups, *_padded_hw(geometry)
   h, w = geometry.in_hw

@@ -8,6 +8,12 @@ is not timed; its own speed is `python -m maskprop_jax.data.bench`), runs one st
 of the next --steps steps to completion (block_until_ready). Prints one table row: compile seconds, median, p10
 and p90 milliseconds per step, clips per second. The data set is prepared on first use, as train.py does.
 Comparing two versions of the code: run this file by path with PYTHONPATH set to each checkout, alternately.
+
+    python -m maskprop_jax.training.bench --config configs/synthetic.py --profile [--steps 20]
+
+instead prints where a step's time goes: milliseconds per step per model part (backbone, fpn, rpn, roi_heads.*,
+propagation.*, optimizer), forward and backward apart, from a profiler trace of --steps steps
+(training/profile.py; the parts sum to the measured step, the time outside any HLO instruction its own row).
 """
 
 from __future__ import annotations
@@ -23,29 +29,35 @@ from ml_collections import config_flags
 from maskprop_jax import logs
 from maskprop_jax.data import from_config
 from maskprop_jax.errors import parse_flags
-from maskprop_jax.training import config_checks, optimizer, parallel
+from maskprop_jax.training import config_checks, optimizer, parallel, profile
 from maskprop_jax.training.state import build_model, create_train_state, make_train_step, with_effective_model
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
-flags.DEFINE_integer("steps", 20, "Timed steps (after one compiling step).")
+flags.DEFINE_integer("steps", 20, "Timed steps (after one compiling step); traced steps with --profile.")
+flags.DEFINE_boolean("profile", False, "Print milliseconds per step per model part (a profiler trace) instead.")
 flags.mark_flags_as_required(["config"])
 
 
-def step_times(config, num_steps: int) -> tuple[float, list[float]]:
-  """(compile seconds, seconds of each of num_steps steps) of config's train step on its own batches."""
+def _train_step(config, num_batches: int):
+  """(jitted train step, train state, num_batches global batches, key) of config, as train.py builds them."""
   config = parallel.scale_to_devices(config, jax.device_count())
   config_checks.check_config(config, jax.device_count())
   config = with_effective_model(config)
   mesh = parallel.make_mesh()
   train_iter = from_config.train_iterator(config)
-  batches = [parallel.global_batch(next(train_iter), mesh) for _ in range(num_steps + 1)]
+  batches = [parallel.global_batch(next(train_iter), mesh) for _ in range(num_batches)]
   learning_rate_fn = optimizer.create_learning_rate_fn(config)
   tx = optimizer.create_optimizer(config, learning_rate_fn)
   graphdef, state = create_train_state(build_model(config, config.seed), config, tx)
   state = jax.device_put(state, parallel.replicated(mesh))
   step_fn = make_train_step(graphdef, tx, learning_rate_fn, mesh)
-  key = jax.random.key(config.seed)
+  return step_fn, state, batches, jax.random.key(config.seed)
+
+
+def step_times(config, num_steps: int) -> tuple[float, list[float]]:
+  """(compile seconds, seconds of each of num_steps steps) of config's train step on its own batches."""
+  step_fn, state, batches, key = _train_step(config, num_steps + 1)
   start = time.perf_counter()
   state, _ = jax.block_until_ready(step_fn(state, batches[0], key))
   compile_seconds = time.perf_counter() - start
@@ -57,11 +69,23 @@ def step_times(config, num_steps: int) -> tuple[float, list[float]]:
   return compile_seconds, seconds
 
 
+def step_profile(config, num_steps: int) -> list[profile.Row]:
+  """profile.profile_breakdown of config's train step by model part, over num_steps steps (one batch each)."""
+  step_fn, state, batches, key = _train_step(config, num_steps + 1)
+  later = iter(batches[1:] + batches[:1])  # after the warm-up call and after each traced one (the last unused)
+  # The step donates its state: each call gets the state the previous one returned, and the next batch.
+  return profile.profile_breakdown(step_fn, (state, batches[0], key), steps=num_steps, group=profile.model_parts,
+                                   next_args=lambda args, out: (out[0], next(later), key))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logs.configure(FLAGS.verbosity)
   config = FLAGS.config
+  if FLAGS.profile:
+    print(profile.format_table(step_profile(config, FLAGS.steps), title="part of a train step"))
+    return
   compile_seconds, seconds = step_times(config, FLAGS.steps)
   ms = 1000 * np.asarray(seconds)
   print(f"{'devices':>8s} {'batch':>6s} {'compile s':>10s} {'median ms':>10s} {'p10 ms':>8s} {'p90 ms':>8s} "
