@@ -167,7 +167,10 @@ class RoIHeads(nnx.Module):
     num_valid = jnp.max(jnp.sum(positives.valid, axis=1))
     loss_mask, statistics = slot_buckets.on_smallest_bucket(
         loss, num_valid, positives, state, tuple(features), gt_masks, image_hw, sizes=sizes)
-    nnx.update(heads, statistics)
+    # Only batch norms in training mode change their statistics; writing back unchanged ones would fail where the
+    # variables belong to an outer trace (a model merged outside jax.grad, as in a pure train step).
+    if any(isinstance(node, nnx.BatchNorm) and not node.use_running_average for _, node in nnx.iter_graph(heads)):
+      nnx.update(heads, statistics)
     return loss_mask
 
   def detect(

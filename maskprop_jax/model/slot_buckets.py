@@ -2,7 +2,8 @@
 
 Static shapes pad a batch's positive RoIs to a fixed number of slots (128 per image for Mask R-CNN's mask loss),
 but a batch usually has a handful: computing the mask head on every slot costs most of a training step. Here the
-slots come in buckets (8, 16, 32, ... up to all of them); a `lax.switch` picks, at run time, the smallest bucket
+slots come in buckets (8, 12, 16, 24, 32, ... up to all of them: powers of two and 1.5 times them, so that at most
+a third of a bucket is padding once past 8); a `lax.switch` picks, at run time, the smallest bucket
 that holds the batch's valid slots, and the function runs on that prefix. Each branch has its own static shapes,
 so this works under `jax.jit` on every platform, and it is exact whenever padded slots add nothing to the result
 (masked out of the sums and of batch-norm statistics), which is what the callers guarantee.
@@ -20,10 +21,11 @@ import jax.numpy as jnp
 
 
 def bucket_sizes(num_slots: int, smallest: int = 8) -> tuple[int, ...]:
-  """Powers of two from `smallest` below num_slots, then num_slots itself: 128 -> (8, 16, 32, 64, 128)."""
+  """Powers of two from `smallest` and 1.5 times each, below num_slots, then num_slots itself:
+  128 -> (8, 12, 16, 24, 32, 48, 64, 96, 128)."""
   sizes, size = [], smallest
   while size < num_slots:
-    sizes.append(size)
+    sizes += [s for s in (size, size * 3 // 2) if s < num_slots]
     size *= 2
   return (*sizes, num_slots)
 

@@ -9,15 +9,15 @@ from maskprop_jax.model import slot_buckets
 
 
 def test_bucket_sizes():
-  assert slot_buckets.bucket_sizes(128) == (8, 16, 32, 64, 128)
-  assert slot_buckets.bucket_sizes(100) == (8, 16, 32, 64, 100)
-  assert slot_buckets.bucket_sizes(16) == (8, 16)
+  assert slot_buckets.bucket_sizes(128) == (8, 12, 16, 24, 32, 48, 64, 96, 128)
+  assert slot_buckets.bucket_sizes(100) == (8, 12, 16, 24, 32, 48, 64, 96, 100)
+  assert slot_buckets.bucket_sizes(16) == (8, 12, 16)
   assert slot_buckets.bucket_sizes(8) == (8,)
   assert slot_buckets.bucket_sizes(4) == (4,)
 
 
-@pytest.mark.parametrize("num_valid,expected", [(0, 8), (1, 8), (8, 8), (9, 16), (16, 16), (17, 32), (33, 64),
-                                                 (65, 100), (100, 100)])
+@pytest.mark.parametrize("num_valid,expected", [(0, 8), (1, 8), (8, 8), (9, 12), (13, 16), (16, 16), (17, 24),
+                                                 (25, 32), (33, 48), (65, 96), (97, 100), (100, 100)])
 def test_the_smallest_bucket_holding_the_valid_slots_runs(num_valid, expected):
   sizes = slot_buckets.bucket_sizes(100)
   slots = jnp.zeros((2, 100, 3))
@@ -50,4 +50,4 @@ def test_masked_sum_and_its_gradient_equal_the_whole_computation():
   np.testing.assert_allclose(cut[0], whole[0], rtol=1e-6)
   for a, b in zip(cut[1], whole[1]):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-  assert np.all(np.asarray(cut[1][0])[:, 16:] == 0)  # slots past the bucket get no gradient, as padding should
+  assert np.all(np.asarray(cut[1][0])[:, 12:] == 0)  # slots past the bucket get no gradient, as padding should
