@@ -6,13 +6,15 @@ Generates the synthetic set (data/synthetic) and its records (data/tfds) on firs
 ResNet-26-like FPN Mask R-CNN with the propagation branch from scratch, evaluates video AP on the valid split and
 writes the results, metrics and overlay videos (results/overlays) to the workdir.
 
-Expected runtime: about 18 minutes on 2 CPU cores. Measured on a fresh clone (2-core CPU, idle, the data set
-generated in the run, jax 0.10.2, numpy 2.4.6): 17 min 40 s in all, 1,800 steps at about 0.53 s; video AP 0.460,
-AP50 0.755, AP75 0.418, AR10 0.485 on the 12 valid videos. The same code (commit 28090d6) on another machine of
-this size on 2026-12-06 gave AP 0.451, AP50 0.761, AP75 0.441, AR10 0.469, losses and AP identical to this
-version's there (15 min 20 s idle with the data prepared): a run is bit for bit the same on one machine and
-environment, and shifts by float rounding between them (likely XLA's CPU kernels following the CPU's features;
-not isolated). The code before the propagation branch was reordered
+Expected runtime: about 18 minutes on 2 CPU cores (1,800 steps at about 0.38-0.45 s, `python -m
+maskprop_jax.training.bench --config configs/synthetic.py`). Measured on 2026-12-06 (2-core CPU, jax 0.10.2, numpy
+2.4.6): video AP 0.459, AP50 0.729, AP75 0.468, AR10 0.493 on the 12 valid videos. The code before the training
+step's speed-ups (commit 5ae8e70: mask head on every slot, conv5_mask as lax.conv_transpose, the deformable
+convolution's index arithmetic inside its loop) gave AP 0.451, AP50 0.761, AP75 0.441, AR10 0.469 on the same
+machine, the same as it did there a session earlier (15 min 20 s idle with the data prepared); its step is 1.05x
+this version's. The two differ only by float32 reordering. A run is bit for bit the same on one machine and
+environment, and shifts by float rounding between them (another machine of this size gave the older code AP
+0.460; likely XLA's CPU kernels following the CPU's features, not isolated). The code before the propagation branch was reordered
 (commit 950880b: no projected deformable convolution) trained to AP 0.500 here in 19 min 52 s; the two models
 differ only by float32 rounding in training (the new model scored by the old inference code gives the same 12
 numbers), and on 24 synthetic videos of another seed (101) they score alike: AP 0.626 before, 0.625 after. The
