@@ -194,5 +194,6 @@ def main(argv: list[str] | None = None) -> None:
   print(f"first call incl. compile: inference {seconds['ours', 'infer'][0]:.1f} s, "
         f"training {seconds['ours', 'train'][0]:.1f} s")
 
+
 if __name__ == "__main__":
   main()

@@ -37,6 +37,15 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array, dilation: int = 1) -> jax.Ar
   return patches @ kernel.reshape(kh * kw * channels, out_channels)
 
 
+def apply_conv(conv: nnx.Conv, x: jax.Array, as_matmul: bool = False) -> jax.Array:
+  """conv(x), or (as_matmul) the same stride-1 "same" convolution and bias as im2col + one matmul."""
+  if not as_matmul:
+    return conv(x)
+  dilation = conv.kernel_dilation  # as given to nnx.Conv: an int here
+  y = conv_as_matmul(x, conv.kernel[...], dilation if isinstance(dilation, int) else dilation[0])
+  return y if conv.bias is None else y + conv.bias[...]
+
+
 class Conv2dNormActivation(nnx.List):
   """A `kernel_size` conv (bias only without norm), optional BatchNorm, ReLU. NHWC in and out."""
 
@@ -64,13 +73,7 @@ class Conv2dNormActivation(nnx.List):
     must not, or the statistics would differ from torchvision's, which never sees the padding).
     as_matmul: compute the convolution as im2col + one matmul (see conv_as_matmul).
     """
-    conv = self[0]
-    if as_matmul:
-      dilation = conv.kernel_dilation  # as given to nnx.Conv: an int here
-      y = conv_as_matmul(x, conv.kernel[...], dilation if isinstance(dilation, int) else dilation[0])
-      y = y if conv.bias is None else y + conv.bias[...]
-    else:
-      y = conv(x)
+    y = apply_conv(self[0], x, as_matmul)
     if len(self) == 1:
       return jax.nn.relu(y)
     norm = self[1]

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maskprop_jax.model.conv_norm_activation import Conv2dNormActivation, conv_as_matmul, conv_kernel_init
+from maskprop_jax.model.conv_norm_activation import Conv2dNormActivation, apply_conv, conv_kernel_init
 
 
 class MaskRCNNHeads(nnx.List):
@@ -82,7 +82,4 @@ class MaskRCNNPredictor(nnx.Module):
 
   def __call__(self, x: jax.Array, *, as_matmul: bool = False) -> jax.Array:
     """x: [N, H, W, C] -> [N, 2H, 2W, num_classes] logits; as_matmul computes the 1x1 conv as a matmul."""
-    x = jax.nn.relu(self.conv5_mask(x))
-    if not as_matmul:
-      return self.mask_fcn_logits(x)
-    return conv_as_matmul(x, self.mask_fcn_logits.kernel[...]) + self.mask_fcn_logits.bias[...]
+    return apply_conv(self.mask_fcn_logits, jax.nn.relu(self.conv5_mask(x)), as_matmul)
