@@ -190,11 +190,13 @@ class VideoPredictor:
       return frame_features_and_terms(self._graphdef, self._state, frame, geometry, timer)
 
     for clip in video_clips(frames, num_frames, video_hw, s.half_window, s.clip_stride, features):
-      tracks = self._clip_tracks(clip, geometry, timer)
+      tracks = self.clip_tracks(clip, geometry, timer)
       timer.time("linking", linker.add_clip, tracks)
     return timer.time("linking", linker.finish)
 
-  def _clip_tracks(self, clip: Clip, geometry: maskprop.InputGeometry, timer: Timer) -> list[linking.ClipTrack]:
+  def clip_tracks(self, clip: Clip, geometry: maskprop.InputGeometry, timer: Timer) -> list[linking.ClipTrack]:
+    """The clip tracks of one clip: its center frame's detections (score threshold, duplicate suppression) with
+    their masks propagated to the window's other frames."""
     s = self.settings
     hw = jnp.asarray([geometry.resized_hw], jnp.int32)
     center = clip.features[clip.center]

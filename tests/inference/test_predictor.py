@@ -189,7 +189,7 @@ def test_cached_terms_and_skipped_frames_give_the_masks_of_the_padded_clip():
                                   np.asarray([geometry.resized_hw], np.int32))
     center_masks = np.asarray(detections.masks[0])  # [D, h, w]
     mask_h, mask_w = geometry.mask_hw
-    for track in predictor._clip_tracks(clip, geometry, timer):
+    for track in predictor.clip_tracks(clip, geometry, timer):
       assert track.masks.shape[0] == clip.stop - clip.start
       own = track.masks[clip.center - clip.start]
       (d,) = [d for d in range(center_masks.shape[0]) if np.array_equal(center_masks[d, :mask_h, :mask_w], own)]
