@@ -67,11 +67,16 @@ def evaluate_tracks(ground_truth: GroundTruth, predictions: list[Track],
   precision, recall = accumulate(matches)
   stats: dict[str, Any] = summarize(precision, recall)
   if per_category:
-    names = list(ground_truth.categories.values())
-    # Keyed by name; a name that several categories share gets their ids appended.
-    keys = [n if names.count(n) == 1 else f"{n} (id {c})" for c, n in ground_truth.categories.items()]
+    keys = category_keys(ground_truth.categories).values()
     stats["per_category_AP"] = dict(zip(keys, per_category_ap(precision).tolist()))
   return stats
+
+
+def category_keys(categories: dict[int, str]) -> dict[int, str]:
+  """{category id: the name it is reported under}: its name, with its id appended where several categories share
+  the name."""
+  names = list(categories.values())
+  return {c: n if names.count(n) == 1 else f"{n} (id {c})" for c, n in categories.items()}
 
 
 def _group_by_video(tracks: list[Track]) -> dict[int, list[Track]]:

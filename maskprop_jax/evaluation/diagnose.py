@@ -21,7 +21,8 @@ from pycocotools import mask as mask_api
 
 from maskprop_jax import files
 from maskprop_jax.errors import InputError, report_errors
-from maskprop_jax.evaluation import GroundTruth, Track, evaluate_tracks, load_ground_truth, load_results, video_iou
+from maskprop_jax.evaluation import (GroundTruth, Track, category_keys, evaluate_tracks, load_ground_truth,
+                                     load_results, video_iou)
 from maskprop_jax.evaluation.tracks import average_area
 
 ON_GT_IOU = 0.1  # a prediction this close to a ground-truth track is "on" it: the oracles fix only these
@@ -189,9 +190,9 @@ def _mean(values: Any) -> float | None:
   return float(values.mean()) if values.size else None
 
 
-def _names(categories: dict[int, str]) -> dict[int, str]:
-  names = list(categories.values())
-  return {c: n if names.count(n) == 1 else f"{n} (id {c})" for c, n in categories.items()}
+def size_groups(areas: Any) -> np.ndarray:
+  """Index into SIZE_NAMES of each area in pixels [N]."""
+  return np.searchsorted(SIZE_EDGES, np.asarray(areas, np.float64), side="right")
 
 
 def diagnose(ground_truth: GroundTruth, predictions: list[Track]) -> dict[str, Any]:
@@ -204,7 +205,7 @@ def diagnose(ground_truth: GroundTruth, predictions: list[Track]) -> dict[str, A
     stats = evaluate_tracks(ground_truth, oracle_predictions(kind, predictions, m))
     ap[kind] = {**{k: stats[k] for k in keys}, "gain": stats["AP"] - base["AP"]}
 
-  names, confusion = _names(ground_truth.categories), collections.Counter()
+  names, confusion = category_keys(ground_truth.categories), collections.Counter()
   followed = m.gt_any_iou >= FOUND_IOU  # [G]
   for j in np.flatnonzero(followed):
     confusion[(names[m.gts[j].category_id], names[predictions[m.gt_any_pred[j]].category_id])] += 1
@@ -230,7 +231,7 @@ def diagnose(ground_truth: GroundTruth, predictions: list[Track]) -> dict[str, A
     ious.append(per_frame[:, column[0]] if m.gt_same_pred[j] >= 0 else np.zeros([present.sum()]))
     covered.append(per_frame.max(1) >= FOUND_IOU if per_frame.shape[1] else np.zeros([present.sum()], bool))
   areas, ious = np.concatenate(areas or [np.zeros([0])]), np.concatenate(ious or [np.zeros([0])])
-  group = np.searchsorted(SIZE_EDGES, areas, side="right")  # [N] 0..3
+  group = size_groups(areas)  # [N] 0..3
   frames = {"by_size": [{"size": name, "count": int((group == k).sum()), "mean_iou": _mean(ious[group == k]),
                          "iou50": _mean(ious[group == k] >= 0.5), "iou75": _mean(ious[group == k] >= 0.75)}
                         for k, name in enumerate(SIZE_NAMES)],

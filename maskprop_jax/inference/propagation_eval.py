@@ -38,7 +38,7 @@ from maskprop_jax import rle
 from maskprop_jax.bilinear import bilinear_matrix
 from maskprop_jax.data import from_config, video_reader, ytvis
 from maskprop_jax.errors import InputError, report_errors
-from maskprop_jax.evaluation.diagnose import FOUND_IOU, SIZE_EDGES, SIZE_NAMES
+from maskprop_jax.evaluation.diagnose import FOUND_IOU, SIZE_NAMES, size_groups
 from maskprop_jax.inference import evaluate, predictor
 from maskprop_jax.linking.iou import mask_iou, soft_iou
 from maskprop_jax.model import maskprop, propagation, transform
@@ -83,11 +83,6 @@ class CenterDetections:
     self.num_frames += 1
     self.num_detections += len(det_matched)
     self.num_unmatched += int(np.sum(~np.asarray(det_matched, bool)))
-
-
-def size_groups(areas: Sequence[float]) -> np.ndarray:
-  """Index into SIZE_NAMES of each area in pixels [N] (diagnose.py's bins: <100, 100-400, 400-1600, >=1600)."""
-  return np.searchsorted(SIZE_EDGES, np.asarray(areas, np.float64), side="right")
 
 
 def match_detections(det_masks: np.ndarray, det_labels: np.ndarray, gt_masks: np.ndarray,

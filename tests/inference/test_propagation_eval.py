@@ -8,6 +8,7 @@ import pytest
 
 from maskprop_jax import rle
 from maskprop_jax.data import synthetic, video_reader
+from maskprop_jax.evaluation import diagnose
 from maskprop_jax.inference import predictor, propagation_eval
 from maskprop_jax.linking.iou import mask_iou
 from maskprop_jax.model import maskprop
@@ -82,7 +83,7 @@ def test_pairs_are_grouped_by_the_area_of_the_target_mask():
   result = propagation_eval.PairIous()
   for area, iou in [(0, 0.9), (99, 0.1), (100, 0.2), (399, 0.4), (400, 0.5), (1599, 0.7), (1600, 0.8), (5000, 1.0)]:
     result.add(1 + area % 2, np.full(3, iou), area > 0, area)  # an absent track (area 0) is left out
-  np.testing.assert_array_equal(propagation_eval.size_groups([99, 100, 399.5, 400, 1599, 1600]), [0, 1, 1, 2, 2, 3])
+  np.testing.assert_array_equal(diagnose.size_groups([99, 100, 399.5, 400, 1599, 1600]), [0, 1, 1, 2, 2, 3])
   rows = propagation_eval.format_size_table(result).splitlines()[2:]
   assert [row.split()[:2] for row in rows] == [["<100", "1"], ["100-400", "2"], ["400-1600", "2"], [">=1600", "2"]]
   np.testing.assert_allclose([float(row.split()[2]) for row in rows], [0.1, 0.3, 0.6, 0.9])
