@@ -42,13 +42,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.detector.input.max_size = 640
   # Converted COCO weights (python -m maskprop_jax.convert ...); the class-specific layers are re-initialised.
   config.model.init_from = ""
+  # Frames whose Mask R-CNN losses train the detector: "center" (the paper's: the frame it detects on) or "all"
+  # (every frame of the clip: the backbone runs on them anyway, so only the heads cost more).
+  config.model.detector_loss_frames = "center"
   config.model.propagation = ml_collections.ConfigDict(dict(
       level=1,  # FPN level the masks are propagated on: 0 = P2 (stride 4), 1 = P3 (stride 8)
       # The mask head: head_depth 3x3 convs of head_width channels before the 1x1 logits conv; the paper's is the
       # 1x1 conv alone (0). Two 3x3 convs of 128 channels would cost more than the rest of propagation.
       offset_width=128, num_deform_layers=1, kernel_size=3, head_width=128, head_depth=0, use_foreground=True,
       # Masks come out `upsample` times finer than the level's features (sub-pixel convolution): stride 4 here.
-      upsample=2, impl="auto", loss_weight=1.0))
+      upsample=2, impl="auto", loss_weight=1.0,
+      # Widths of the 3x3 convs that refine each propagated mask on its frame's pixels (model/propagation_refiner.py,
+      # the paper's high-resolution refinement in our form); () = none.
+      refine_layers=()))
   config.model.compute_dtype = "float32"  # "bfloat16" for the convolutions on GPUs and TPUs
 
   config.train = ml_collections.ConfigDict(dict(

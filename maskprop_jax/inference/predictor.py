@@ -127,6 +127,7 @@ class Timer:
 class FrameFeatures(NamedTuple):
   """A frame's entry in the clip loop's cache."""
 
+  inputs: jax.Array  # [1, H, W, 3] the normalised network input: a mask refiner reads it on clip centers
   levels: list[jax.Array]  # FPN levels [1, h, w, C]: detection on the clip center reads them
   terms: propagation.FrameTerms  # what propagation needs of the frame alone (as a center or a reference)
 
@@ -137,8 +138,11 @@ class FrameFeatures(NamedTuple):
 # and propagation_eval.
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def frame_features(graphdef: nnx.GraphDef, state: nnx.State, frame: jax.Array,
-                   geometry: maskprop.InputGeometry) -> list[jax.Array]:
-  return nnx.merge(graphdef, state).frame_features(frame, geometry)
+                   geometry: maskprop.InputGeometry) -> tuple[jax.Array, list[jax.Array]]:
+  """(the frame's normalised input [1, H, W, 3], its FPN levels)."""
+  model = nnx.merge(graphdef, state)
+  inputs = model.frame_input(frame, geometry)
+  return inputs, model.detector.backbone(inputs)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -147,24 +151,27 @@ def frame_terms(graphdef: nnx.GraphDef, state: nnx.State, levels: list[jax.Array
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def detect(graphdef: nnx.GraphDef, state: nnx.State, features: list[jax.Array],
-           image_hw: jax.Array) -> maskprop.ClipDetections:
-  return nnx.merge(graphdef, state).detect(features, image_hw)
+def detect(graphdef: nnx.GraphDef, state: nnx.State, features: list[jax.Array], image_hw: jax.Array,
+           inputs: jax.Array | None = None) -> maskprop.ClipDetections:
+  return nnx.merge(graphdef, state).detect(features, image_hw, inputs)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def propagate(graphdef: nnx.GraphDef, state: nnx.State, center: propagation.FrameTerms, masks: jax.Array,
-              references: tuple[propagation.FrameTerms, ...]) -> jax.Array:
-  """Probabilities [L, D, h, w] of the center's masks [1, D, h, w] in L reference frames (one program per L)."""
+              references: tuple[propagation.FrameTerms, ...],
+              reference_inputs: tuple[jax.Array, ...] | None = None) -> jax.Array:
+  """Probabilities [L, D, h, w] of the center's masks [1, D, h, w] in L reference frames (one program per L);
+  reference_inputs: their normalised inputs [1, H, W, 3] each, for a propagation refiner (None without one)."""
   stacked = jax.tree.map(lambda *frames: jnp.concatenate(frames), *references)
-  return nnx.merge(graphdef, state).propagate(center, masks, stacked)
+  inputs = None if reference_inputs is None else jnp.concatenate(reference_inputs)
+  return nnx.merge(graphdef, state).propagate(center, masks, stacked, inputs)
 
 
 def frame_features_and_terms(graphdef: nnx.GraphDef, state: nnx.State, frame: np.ndarray,
                              geometry: maskprop.InputGeometry, timer: Timer) -> FrameFeatures:
   """A frame's cache entry; the per-frame propagation terms are charged to propagation."""
-  levels = timer.time("backbone", frame_features, graphdef, state, frame, geometry)
-  return FrameFeatures(levels, timer.time("propagation", frame_terms, graphdef, state, levels))
+  inputs, levels = timer.time("backbone", frame_features, graphdef, state, frame, geometry)
+  return FrameFeatures(inputs, levels, timer.time("propagation", frame_terms, graphdef, state, levels))
 
 
 class VideoPredictor:
@@ -200,7 +207,8 @@ class VideoPredictor:
     s = self.settings
     hw = jnp.asarray([geometry.resized_hw], jnp.int32)
     center = clip.features[clip.center]
-    detections = timer.time("detection", detect, self._graphdef, self._state, center.levels, hw)
+    detections = timer.time("detection", detect, self._graphdef, self._state, center.levels, hw,
+                            center.inputs if self.model.detector.roi_heads.refines_masks else None)
     keep = np.flatnonzero(np.asarray(detections.valid[0]) & (np.asarray(detections.scores[0]) >= s.score_thresh))
     if keep.size == 0:
       return []
@@ -217,8 +225,9 @@ class VideoPredictor:
     probs[clip.center - clip.start] = center_masks[keep]
     references = clip.references()
     if references:
+      inputs = tuple(clip.features[f].inputs for f in references) if self.model.refines_propagation else None
       propagated = timer.time("propagation", propagate, self._graphdef, self._state, center.terms,
-                              slot_masks[None], tuple(clip.features[f].terms for f in references))
+                              slot_masks[None], tuple(clip.features[f].terms for f in references), inputs)
       probs[np.asarray(references) - clip.start] = np.asarray(propagated)[:, :keep.size]
     mask_h, mask_w = geometry.mask_hw
     probs = probs[:, :, :mask_h, :mask_w]  # the part of the canvas the image covers

@@ -176,13 +176,14 @@ def measure_video(model: maskprop.MaskProp, video: video_reader.VideoFrames, tra
     if not references:
       continue
     reference_terms = tuple(clip.features[f].terms for f in references)
+    reference_inputs = tuple(clip.features[f].inputs for f in references) if model.refines_propagation else None
     for first in range(0, len(on_center), TRACK_SLOTS):
       group = on_center[first:first + TRACK_SLOTS]
       center_masks = np.zeros((TRACK_SLOTS,) + video_hw, np.uint8)
       center_masks[:len(group)] = [gt[k][center] for k in group]
       grid = _grid_masks(jnp.asarray(center_masks), geometry, model.mask_stride)  # [S, h', w']
       probs = np.asarray(predictor.propagate(graphdef, state, clip.features[center].terms, grid[None],
-                                             reference_terms))  # [L, S, h', w']
+                                             reference_terms, reference_inputs))  # [L, S, h', w']
       copy_grid = upsample(np.asarray(grid))  # [S, H, W]
       propagated = upsample(probs[:, :len(group)])  # [L, S', H, W]
       for slot, k in enumerate(group):

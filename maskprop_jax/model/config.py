@@ -60,6 +60,8 @@ def _torchvision_v1() -> ml_collections.ConfigDict:
     box_output_size=7, box_sampling_ratio=2,
     mask_output_size=14, mask_sampling_ratio=2, mask_layers=(256, 256, 256, 256), mask_norm=False,
     mask_loss_buckets=True,  # the mask loss on the smallest bucket of slots holding the positives (exact)
+    # Widths of the image-guided mask refiner's 3x3 convs (model/mask_refiner.py); () = none, torchvision's branch.
+    mask_refine_layers=(),
     aligned=False,
     level_rule="torchvision",  # FPN level of a RoI: torchvision's LevelMapper or detectron2's (eps in the log)
     score_thresh=0.05, nms_thresh=0.5, detections_per_img=100,

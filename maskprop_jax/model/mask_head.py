@@ -82,4 +82,12 @@ class MaskRCNNPredictor(nnx.Module):
 
   def __call__(self, x: jax.Array, *, as_matmul: bool = False) -> jax.Array:
     """x: [N, H, W, C] -> [N, 2H, 2W, num_classes] logits; as_matmul computes the 1x1 conv as a matmul."""
-    return apply_conv(self.mask_fcn_logits, jax.nn.relu(self.conv5_mask(x)), as_matmul)
+    return self.logits(self.upsample(x), as_matmul=as_matmul)
+
+  def upsample(self, x: jax.Array) -> jax.Array:
+    """x: [N, H, W, C] -> the upsampled features [N, 2H, 2W, dim_reduced] the logits are read from."""
+    return jax.nn.relu(self.conv5_mask(x))
+
+  def logits(self, upsampled: jax.Array, *, as_matmul: bool = False) -> jax.Array:
+    """[N, 2H, 2W, dim_reduced] -> [N, 2H, 2W, num_classes]."""
+    return apply_conv(self.mask_fcn_logits, upsampled, as_matmul)

@@ -85,11 +85,16 @@ class MaskRCNN(nnx.Module):
 
     As torchvision's transform pads after normalising, the canvas beyond each image is zero after normalisation.
     """
+    return self.backbone(self.network_input(images, image_hw))
+
+  def network_input(self, images: jax.Array, image_hw: jax.Array) -> jax.Array:
+    """RGB canvases [N, H, W, 3] (uint8 or [0, 1] float) whose content is image_hw [N, 2] -> the normalised
+    input [N, H, W, 3], zero beyond each image (what the backbone and the mask refiner read)."""
     x = self.normalize(images)
     height, width = images.shape[1:3]
     inside = ((jnp.arange(height)[None, :, None] < image_hw[:, 0, None, None])
               & (jnp.arange(width)[None, None, :] < image_hw[:, 1, None, None]))  # [N, H, W]
-    return self.backbone(jnp.where(inside[..., None], x, 0.0))
+    return jnp.where(inside[..., None], x, 0.0)
 
   def proposals(self, images: jax.Array, image_hw: jax.Array) -> tuple[list[jax.Array], Proposals]:
     """Inference up to the RPN: FPN levels P2..P6 and the proposals [B, post_nms_top_n_test]."""
@@ -98,18 +103,20 @@ class MaskRCNN(nnx.Module):
     return features, proposals
 
   def detect_from_features(self, features: Sequence[jax.Array], image_hw: jax.Array,
-                           canvas_hw: tuple[int, int]) -> Detections:
+                           canvas_hw: tuple[int, int], inputs: jax.Array | None = None) -> Detections:
     """Inference from FPN levels P2..P6 [B, h, w, C] of padded inputs of static size canvas_hw (H, W) whose content
-    is image_hw [B, 2]: the RPN's proposals, then the RoI heads' detections (see __call__)."""
+    is image_hw [B, 2]: the RPN's proposals, then the RoI heads' detections (see __call__). inputs: the
+    normalised input [B, H, W, 3] (network_input), which the mask refiner reads (None without one)."""
     proposals, _ = self.rpn(features, image_hw, canvas_hw)
-    return self.roi_heads.detect(features[:NUM_POOLED_LEVELS], proposals.boxes, proposals.valid, image_hw, canvas_hw)
+    return self.roi_heads.detect(features[:NUM_POOLED_LEVELS], proposals.boxes, proposals.valid, image_hw, canvas_hw,
+                                 inputs)
 
   def __call__(self, images: jax.Array, image_hw: jax.Array) -> Detections:
     """Detections of normalised, padded images [B, H, W, 3] whose content is image_hw [B, 2].
 
     Boxes are in pixels of the resized input; masks are 28x28 probabilities in box coordinates (see postprocess).
     """
-    return self.detect_from_features(self.backbone(images), image_hw, images.shape[1:3])
+    return self.detect_from_features(self.backbone(images), image_hw, images.shape[1:3], images)
 
   def losses(
     self,
@@ -125,7 +132,8 @@ class MaskRCNN(nnx.Module):
     """torchvision's training losses of normalised, padded images [B, H, W, 3] with content size image_hw
     [B, 2]: the backbone, then `losses_from_features` (see there for the other arguments)."""
     return self.losses_from_features(self.backbone(images), image_hw, images.shape[1:3], gt, key,
-                                     proposals=proposals, anchor_sample=anchor_sample, roi_sample=roi_sample)
+                                     proposals=proposals, anchor_sample=anchor_sample, roi_sample=roi_sample,
+                                     inputs=images)
 
   def losses_from_features(
     self,
@@ -138,6 +146,7 @@ class MaskRCNN(nnx.Module):
     proposals: Proposals | None = None,
     anchor_sample: AnchorSample | None = None,
     roi_sample: tuple[jax.Array, jax.Array] | None = None,
+    inputs: jax.Array | None = None,
   ) -> dict[str, jax.Array]:
     """torchvision's training losses: loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg, loss_mask.
 
@@ -149,6 +158,7 @@ class MaskRCNN(nnx.Module):
       proposals: use these instead of the RPN's (parity tests inject torchvision's).
       anchor_sample: injected RPN anchor sample; roi_sample: injected (index [B, S], valid [B, S]) RoI sample
         into each image's [proposals; gt] list.
+      inputs: the normalised input [B, H, W, 3] (network_input), which the mask refiner reads (None without one).
     """
     rpn_key, roi_key = jax.random.split(key) if key is not None else (None, None)
     own_proposals, rpn_losses = self.rpn(
@@ -159,14 +169,15 @@ class MaskRCNN(nnx.Module):
     roi_losses, _ = self.roi_heads.losses(
       features[:NUM_POOLED_LEVELS], proposals.boxes, proposals.valid, gt_boxes=gt.boxes, gt_labels=gt.labels,
       gt_masks=gt.masks, gt_valid=gt.valid, image_hw=image_hw, input_hw=input_hw, key=roi_key,
-      sampled_index=sampled_index, sampled_valid=sampled_valid)
+      sampled_index=sampled_index, sampled_valid=sampled_valid, images=inputs)
     return {**rpn_losses, **roi_losses}
 
   def box_mask_probs(self, features: Sequence[jax.Array], boxes: jax.Array, labels: jax.Array, valid: jax.Array,
-                     input_hw: tuple[int, int]) -> jax.Array:
+                     input_hw: tuple[int, int], inputs: jax.Array | None = None) -> jax.Array:
     """The mask head on given boxes [B, R, 4] (valid [B, R]) of FPN levels P2..P6 of padded inputs of static size
-    input_hw: probabilities [B, R, M, M] in box coordinates of each box's class labels [B, R] (1..K-1)."""
-    mask_logits = self.roi_heads.mask_logits(features[:NUM_POOLED_LEVELS], boxes, valid, input_hw)
+    input_hw: probabilities [B, R, M, M] in box coordinates of each box's class labels [B, R] (1..K-1). inputs:
+    as in detect_from_features."""
+    mask_logits = self.roi_heads.mask_logits(features[:NUM_POOLED_LEVELS], boxes, valid, input_hw, inputs)
     return select_class_masks(mask_logits, labels)
 
 

@@ -27,7 +27,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from maskprop_jax.model import fpn, mask_rcnn, propagation, transform
+from maskprop_jax.model import fpn, mask_rcnn, propagation, propagation_refiner, transform
+from maskprop_jax.model.mask_refiner import ImageMaskRefiner
 from maskprop_jax.model.fpn import FPN_STRIDES  # noqa: F401  (maskprop.FPN_STRIDES: part of this module's API)
 from maskprop_jax.model.paste_masks import paste_masks_in_image
 
@@ -86,6 +87,16 @@ class MaskProp(nnx.Module):
         config.detector.backbone.fpn_channels, offset_width=p.offset_width, num_deform_layers=p.num_deform_layers,
         kernel_size=p.kernel_size, head_width=p.head_width, head_depth=p.head_depth,
         use_foreground=p.use_foreground, upsample=p.upsample, impl=p.impl, rngs=rngs)
+    refine_layers = tuple(p.get("refine_layers", ()))
+    # Empty without a refiner (an attribute's kind, data or static, is fixed at construction).
+    self.propagation_refiner = nnx.List(
+        [ImageMaskRefiner(1 + config.detector.backbone.fpn_channels, refine_layers, 1, rngs=rngs)]
+        if refine_layers else [])
+
+  @property
+  def refines_propagation(self) -> bool:
+    """Whether propagated masks are refined on their frame's pixels (propagation_refiner.py)."""
+    return bool(len(self.propagation_refiner))
 
   @property
   def num_classes(self) -> int:
@@ -112,9 +123,14 @@ class MaskProp(nnx.Module):
 
   def frame_features(self, frame: jax.Array, geometry: InputGeometry) -> list[jax.Array]:
     """Features of one original-size frame uint8 [H, W, 3] (resized and padded as the detector expects)."""
+    return self.detector.backbone(self.frame_input(frame, geometry))
+
+  def frame_input(self, frame: jax.Array, geometry: InputGeometry) -> jax.Array:
+    """The normalised network input [1, H, W, 3] of one original-size frame uint8 [H, W, 3]: what the backbone
+    and the mask refiner read."""
     resized = transform.resize_bilinear(frame.astype(jnp.float32), geometry.resized_hw)
     canvas = transform.pad_to(jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8), geometry.canvas_hw)
-    return self.features(canvas[None], jnp.asarray([geometry.resized_hw], jnp.int32))
+    return self.detector.network_input(canvas[None], jnp.asarray([geometry.resized_hw], jnp.int32))
 
   def instance_masks(self, mask_probs: jax.Array, boxes: jax.Array, image_hw: jax.Array,
                      canvas_hw: tuple[int, int]) -> jax.Array:
@@ -126,10 +142,11 @@ class MaskProp(nnx.Module):
     """Masks on the mask grid [..., h, w] -> on the grid of the features propagation reads [..., h/u, w/u]."""
     return propagation.downsample_masks(masks, self.config.propagation.upsample)
 
-  def detect(self, features: list[jax.Array], image_hw: jax.Array) -> ClipDetections:
-    """Mask R-CNN detections of one frame's features (batch of 1), with masks on the mask grid."""
+  def detect(self, features: list[jax.Array], image_hw: jax.Array, inputs: jax.Array | None = None) -> ClipDetections:
+    """Mask R-CNN detections of one frame's features (batch of 1), with masks on the mask grid. inputs: the
+    frame's normalised input (frame_input), which a mask refiner reads (None without one)."""
     canvas_hw = fpn.input_hw(features)
-    det = self.detector.detect_from_features(features, image_hw, canvas_hw)
+    det = self.detector.detect_from_features(features, image_hw, canvas_hw, inputs)
     class_probs = jax.nn.one_hot(det.labels - 1, self.num_classes) * det.scores[..., None]
     masks = self.instance_masks(det.masks, det.boxes, image_hw, canvas_hw)
     return ClipDetections(det.boxes, det.scores, det.labels, jnp.where(det.valid[..., None], class_probs, 0.0),
@@ -139,15 +156,22 @@ class MaskProp(nnx.Module):
     """What propagation needs of these frames alone (FPN levels [N, h, w, C]); computed once per frame."""
     return self.propagation.frame_terms(features[self.propagation_level])
 
-  def propagate(self, center: propagation.FrameTerms, masks: jax.Array,
-                references: propagation.FrameTerms) -> jax.Array:
+  def propagate(self, center: propagation.FrameTerms, masks: jax.Array, references: propagation.FrameTerms,
+                reference_inputs: jax.Array | None = None) -> jax.Array:
     """Mask probabilities [L, D, h, w] of the center frame's instances in each of L reference frames.
 
     center: the center frame's terms (batch 1); masks: [1, D, h, w] on the mask grid; references: the terms of
-    L frames (batch L). (h, w) = upsample * the features' (h', w').
+    L frames (batch L). (h, w) = upsample * the features' (h', w'). reference_inputs: the L frames' normalised
+    inputs [L, H, W, 3] (frame_input), which the propagation refiner reads (None without one).
     """
     logits, fg_logits = self.propagation.from_frame_terms(center, self.feature_grid_masks(masks), references)
-    return propagation.mask_probabilities(logits, fg_logits)
+    probs = propagation.mask_probabilities(logits, fg_logits)
+    for refiner in self.propagation_refiner:
+      if reference_inputs is None:
+        raise ValueError("propagation.refine_layers is set: propagation needs the reference frames' inputs")
+      probs = propagation_refiner.refine(refiner, probs, reference_inputs, references.features, self.mask_stride,
+                                         self.stride)
+    return probs
 
 
 def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
@@ -157,21 +181,37 @@ def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
   batch_size, num_frames, height, width = frames.shape[:4]
   image_hw = batch["image_hw"]  # [B, 2]
   flat_hw = jnp.repeat(image_hw, num_frames, axis=0)
-  features = model.features(frames.reshape(batch_size * num_frames, height, width, 3), flat_hw)
+  inputs = model.detector.network_input(frames.reshape(batch_size * num_frames, height, width, 3), flat_hw)
+  features = model.detector.backbone(inputs)  # model.features, keeping the inputs the mask refiner reads
   per_clip = [f.reshape(batch_size, num_frames, *f.shape[1:]) for f in features]  # [B, F, h, w, C] per level
   center_features = [f[:, 0] for f in per_clip]
+  center_inputs = inputs.reshape(batch_size, num_frames, *inputs.shape[1:])[:, 0]
 
   present = batch["present"]  # [B, F, M]
-  gt_valid = present[:, 0] & ~batch["crowd"] & (batch["classes"] > 0)  # [B, M]
+  valid = present & (~batch["crowd"] & (batch["classes"] > 0))[:, None]  # [B, F, M]
+  gt_valid = valid[:, 0]  # [B, M]
   gt = mask_rcnn.GroundTruth(boxes=batch["boxes"][:, 0], labels=batch["classes"], masks=batch["masks"][:, 0],
                              valid=gt_valid)
   # One key for the RPN's anchor sample and the RoI sample, split inside as rpn_key, roi_key = split(key).
-  losses = model.detector.losses_from_features(center_features, image_hw, (height, width), gt, key)
+  if model.config.get("detector_loss_frames", "center") == "all":
+    # Every frame's features exist anyway; the heads' losses on the reference frames too are more supervision for
+    # the cost of the RPN and RoI heads alone. Each loss is a mean, now over B * F frames.
+    slots = batch["classes"].shape[1]
+    every_frame = mask_rcnn.GroundTruth(
+        boxes=batch["boxes"].reshape(batch_size * num_frames, slots, 4),
+        labels=jnp.repeat(batch["classes"], num_frames, axis=0),
+        masks=batch["masks"].reshape(batch_size * num_frames, slots, height, width),
+        valid=valid.reshape(batch_size * num_frames, slots))
+    losses = model.detector.losses_from_features(features, flat_hw, (height, width), every_frame, key,
+                                                 inputs=inputs)
+  else:
+    losses = model.detector.losses_from_features(center_features, image_hw, (height, width), gt, key,
+                                                 inputs=center_inputs)
 
   # Center masks: the mask head on the ground-truth boxes, its own loss trains it, so no gradient flows back here.
   # Padding slots (label 0) read class 1's mask; gt_valid zeroes them below.
   center_probs = model.detector.box_mask_probs(center_features, gt.boxes, jnp.maximum(gt.labels, 1), gt.valid,
-                                               (height, width))  # [B, M, m, m] in box coordinates
+                                               (height, width), center_inputs)  # [B, M, m, m] in box coordinates
   center_probs = jax.lax.stop_gradient(center_probs)
   center_masks = model.instance_masks(center_probs, gt.boxes, image_hw, (height, width))  # [B, M, h, w]
   center_masks = jnp.where(gt_valid[..., None, None], center_masks, 0.0)
@@ -187,6 +227,12 @@ def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
   targets = targets.reshape(batch_size * num_refs, *targets.shape[2:])
   track_valid = jnp.repeat(gt_valid, num_refs, axis=0)  # the instance is on the center frame
   losses["loss_propagation"] = propagation.soft_iou_loss(probs, targets, track_valid)
+  for refiner in model.propagation_refiner:
+    reference_inputs = inputs.reshape(batch_size, num_frames, *inputs.shape[1:])[:, 1:]
+    losses["loss_refine"] = propagation_refiner.refine_loss(
+        refiner, probs, reference_inputs.reshape(batch_size * num_refs, *inputs.shape[1:]), refs,
+        batch["masks"][:, 1:].reshape(batch_size * num_refs, *batch["masks"].shape[2:]), track_valid,
+        model.mask_stride, model.stride)
   if fg_logits is not None:
     foreground = jnp.max(targets, axis=1)  # [B*K, h, w]: every track of the clip, instance-agnostic
     losses["loss_foreground"] = jnp.mean(optax.sigmoid_binary_cross_entropy(fg_logits, foreground))

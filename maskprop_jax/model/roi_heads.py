@@ -21,6 +21,7 @@ from flax import nnx
 from maskprop_jax.model import box_coder, box_ops, nms, roi_targets, slot_buckets
 from maskprop_jax.model.box_head import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from maskprop_jax.model.mask_head import MaskRCNNHeads, MaskRCNNPredictor
+from maskprop_jax.model.mask_refiner import ImageMaskRefiner, pool_image
 from maskprop_jax.model.roi_align import multi_scale_roi_align
 
 REMOVE_SMALL_MIN_SIZE = 1e-2
@@ -92,7 +93,12 @@ class RoIHeads(nnx.Module):
   score_thresh, nms_thresh, detections_per_img, fg_iou_thresh, bg_iou_thresh, batch_size_per_image,
   positive_fraction, bbox_reg_weights; optional: level_rule ("torchvision" or "detectron2"),
   max_sampling_grid (cap of adaptive RoIAlign grids), mask_dilation, mask_loss_buckets (the mask loss on the
-  smallest power-of-two bucket of positive slots that holds the batch's positives; default True).
+  smallest power-of-two bucket of positive slots that holds the batch's positives; default True),
+  mask_refine_layers (widths of the image-guided refiner's convs, mask_refiner.py; default () = none, and then the
+  mask branch is torchvision's).
+
+  With a refiner, every method that computes masks takes `images`: the normalised padded input [B, H, W, 3]
+  (MaskRCNN.network_input) whose pixels the refiner reads.
   """
 
   def __init__(self, cfg: ml_collections.ConfigDict, num_classes: int, in_channels: int = 256, *,
@@ -112,6 +118,18 @@ class RoIHeads(nnx.Module):
     self.mask_head = MaskRCNNHeads(in_channels, mask_layers, cfg.get("mask_dilation", 1), cfg.mask_norm,
                                    rngs=rngs)
     self.mask_predictor = MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes, rngs=rngs)
+    refine_layers = tuple(cfg.get("mask_refine_layers", ()))
+    # Empty without a refiner (an attribute's kind, data or static, is fixed at construction).
+    self.mask_refiner = nnx.List(
+        [ImageMaskRefiner(mask_layers[-1], refine_layers, num_classes, rngs=rngs)] if refine_layers else [])
+
+  @property
+  def refines_masks(self) -> bool:
+    return bool(len(self.mask_refiner))
+
+  def _check_images(self, images: jax.Array | None) -> None:
+    if self.refines_masks and images is None:
+      raise ValueError("roi_heads.mask_refine_layers is set: the mask branch needs the normalised input images")
 
   def _pool(self, features: Sequence[jax.Array], boxes: jax.Array, input_hw: tuple[int, int], output_size: int,
             sampling_ratio: int) -> jax.Array:
@@ -130,16 +148,15 @@ class RoIHeads(nnx.Module):
     logits, deltas = self.box_predictor(self.box_head(pooled, valid.reshape(-1)))
     return logits.reshape(batch, num_boxes, -1), deltas.reshape(batch, num_boxes, -1)
 
-  def mask_logits(self, features, boxes, valid, input_hw, *, as_matmul: bool = False) -> jax.Array:
+  def mask_logits(self, features, boxes, valid, input_hw, images=None, *, as_matmul: bool = False) -> jax.Array:
     """Per-class mask logits [B, R, M, M, K] of boxes [B, R, 4] (valid [B, R]); as_matmul: the mask head's
     convolutions as im2col + matmul."""
-    batch, num_boxes = boxes.shape[:2]
-    pooled = self._pool(features, boxes, input_hw, self.cfg.mask_output_size, self.cfg.mask_sampling_ratio)
-    logits = self.mask_predictor(self.mask_head(pooled, valid.reshape(-1), as_matmul=as_matmul),
-                                 as_matmul=as_matmul)
-    return logits.reshape(batch, num_boxes, *logits.shape[1:])
+    self._check_images(images)
+    return _mask_logits(self.mask_head, self.mask_predictor, self.mask_refiner, self._pool, self.cfg, features,
+                        boxes, valid, input_hw, images, as_matmul)
 
-  def mask_loss(self, features, positives: roi_targets.PositiveRoIs, gt_masks, image_hw, input_hw) -> jax.Array:
+  def mask_loss(self, features, positives: roi_targets.PositiveRoIs, gt_masks, image_hw, input_hw,
+                images=None) -> jax.Array:
     """loss_mask of the positive RoIs, on every slot or (mask_loss_buckets) on the smallest bucket of slots that
     holds the batch's positives: the same loss, since padded slots are masked out of it and of the batch norms'
     statistics (see slot_buckets)."""
@@ -147,26 +164,23 @@ class RoIHeads(nnx.Module):
     sizes = slot_buckets.bucket_sizes(num_slots) if self.cfg.get("mask_loss_buckets", True) else (num_slots,)
     # XLA:CPU compiles convolutions inside switch branches into a slow layout; a matmul keeps its fast kernel.
     as_matmul = len(sizes) > 1 and jax.default_backend() == "cpu"
-    heads = (self.mask_head, self.mask_predictor)
+    self._check_images(images)
+    heads = (self.mask_head, self.mask_predictor, self.mask_refiner)
     graphdef, state = nnx.split(heads)
 
-    def loss(positives, state, features, gt_masks, image_hw):
+    def loss(positives, state, features, gt_masks, image_hw, images):
       # The heads enter as explicit state: a switch branch may not update variables it closes over (the batch
       # norms' running statistics of the v2 head), so they come back as outputs.
       heads = nnx.merge(graphdef, state)
-      mask_head, mask_predictor = heads
-      pooled = self._pool(features, positives.boxes, input_hw, self.cfg.mask_output_size,
-                          self.cfg.mask_sampling_ratio)
-      logits = mask_predictor(mask_head(pooled, positives.valid.reshape(-1), as_matmul=as_matmul),
-                              as_matmul=as_matmul)
-      logits = logits.reshape(*positives.valid.shape, *logits.shape[1:])
+      logits = _mask_logits(*heads, self._pool, self.cfg, features, positives.boxes, positives.valid, input_hw,
+                            images, as_matmul)
       targets = roi_targets.project_masks_on_boxes(
           gt_masks, positives.boxes, positives.matched_gt, image_hw, logits.shape[2])
       return roi_targets.maskrcnn_loss(logits, positives, targets), nnx.state(heads, nnx.BatchStat)
 
     num_valid = jnp.max(jnp.sum(positives.valid, axis=1))
     loss_mask, statistics = slot_buckets.on_smallest_bucket(
-        loss, num_valid, positives, state, tuple(features), gt_masks, image_hw, sizes=sizes)
+        loss, num_valid, positives, state, tuple(features), gt_masks, image_hw, images, sizes=sizes)
     # Only batch norms in training mode change their statistics; writing back unchanged ones would fail where the
     # variables belong to an outer trace (a model merged outside jax.grad, as in a pure train step).
     if any(isinstance(node, nnx.BatchNorm) and not node.use_running_average for _, node in nnx.iter_graph(heads)):
@@ -180,6 +194,7 @@ class RoIHeads(nnx.Module):
       proposal_valid: jax.Array,
       image_hw: jax.Array,
       input_hw: tuple[int, int],
+      images: jax.Array | None = None,
   ) -> Detections:
     """Inference.
 
@@ -188,6 +203,7 @@ class RoIHeads(nnx.Module):
       proposals: [B, P, 4]; proposal_valid: [B, P] bool.
       image_hw: [B, 2] resized image size before padding (detections are clipped to it).
       input_hw: static (H, W) of the padded network input.
+      images: the normalised padded input [B, H, W, 3], for the mask refiner (None without one).
     """
     cfg = self.cfg
     logits, deltas = self.box_outputs(features, proposals, proposal_valid, input_hw)
@@ -195,7 +211,7 @@ class RoIHeads(nnx.Module):
         logits, deltas, proposals, proposal_valid, image_hw, score_thresh=cfg.score_thresh,
         nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img,
         bbox_reg_weights=tuple(cfg.bbox_reg_weights))
-    masks = select_class_masks(self.mask_logits(features, boxes, valid, input_hw), labels)
+    masks = select_class_masks(self.mask_logits(features, boxes, valid, input_hw, images), labels)
     return Detections(boxes, scores, labels, jnp.where(valid[:, :, None, None], masks, 0.0), valid)
 
   def losses(
@@ -212,6 +228,7 @@ class RoIHeads(nnx.Module):
       key: jax.Array | None,
       sampled_index: jax.Array | None = None,
       sampled_valid: jax.Array | None = None,
+      images: jax.Array | None = None,
   ) -> tuple[dict[str, jax.Array], roi_targets.RoISample]:
     """Training losses: loss_classifier, loss_box_reg, loss_mask (torchvision's names).
 
@@ -223,6 +240,7 @@ class RoIHeads(nnx.Module):
       image_hw: [B, 2] resized image size before padding.
       input_hw: static (H, W) of the padded network input.
       key: PRNG key of the RoI sample; sampled_index/sampled_valid [B, S]: an injected sample instead.
+      images: the normalised padded input [B, H, W, 3], for the mask refiner (None without one).
 
     Returns:
       (losses, the RoI sample used).
@@ -240,6 +258,19 @@ class RoIHeads(nnx.Module):
     loss_classifier, loss_box_reg = roi_targets.fastrcnn_loss(logits, deltas, sample)
 
     positives = roi_targets.positive_rois(sample, int(cfg.batch_size_per_image * cfg.positive_fraction))
-    loss_mask = self.mask_loss(features, positives, gt_masks, image_hw, input_hw)
+    loss_mask = self.mask_loss(features, positives, gt_masks, image_hw, input_hw, images)
     losses = dict(loss_classifier=loss_classifier, loss_box_reg=loss_box_reg, loss_mask=loss_mask)
     return losses, sample
+
+
+def _mask_logits(mask_head, mask_predictor, mask_refiner, pool, cfg, features, boxes, valid, input_hw, images,
+                 as_matmul) -> jax.Array:
+  """The mask branch on boxes [B, R, 4]: per-class logits [B, R, M, M, K], refined where a refiner is given."""
+  batch, num_boxes = boxes.shape[:2]
+  pooled = pool(features, boxes, input_hw, cfg.mask_output_size, cfg.mask_sampling_ratio)
+  upsampled = mask_predictor.upsample(mask_head(pooled, valid.reshape(-1), as_matmul=as_matmul))
+  logits = mask_predictor.logits(upsampled, as_matmul=as_matmul)
+  for refiner in mask_refiner:
+    logits = logits + refiner(upsampled, pool_image(images, boxes, logits.shape[1]),
+                              as_matmul=as_matmul)
+  return logits.reshape(batch, num_boxes, *logits.shape[1:])

@@ -209,3 +209,45 @@ def test_detect_is_bitwise_the_old_wiring(config, model):
   got, want = new(model, frame), old(model, frame)
   assert bool(got[1].valid.any())  # a zero score threshold: the random detector detects
   _assert_trees_equal(got, want)
+
+
+def _jit_losses(model, batch, key):
+  graphdef, state = nnx.split(model)
+  return jax.jit(lambda state: maskprop.compute_losses(nnx.merge(graphdef, state), batch, key))(state)
+
+
+def test_detector_losses_on_every_frame_pair_each_frame_with_its_own_targets(config):
+  """detector_loss_frames="all": Mask R-CNN's losses over all B * F frames, frame (b, f) with the boxes, masks and
+  presence of its own frame and the classes of its clip; propagation's losses are the center mode's."""
+  every = config.copy_and_resolve_references()
+  every.model.detector_loss_frames = "all"
+  center_model, every_model = tiny_model(config), tiny_model(every)  # the same weights (the same draw)
+  center_model.train()
+  every_model.train()
+  batch, key = _clip_batch(), jax.random.key(3)
+  _, losses = _jit_losses(every_model, batch, key)
+  _, center_losses = _jit_losses(center_model, batch, key)
+
+  batch_size, num_frames, height, width = batch["frames"].shape[:4]
+  targets = []  # frame by frame, in the order b * F + f
+  for b in range(batch_size):
+    for f in range(num_frames):
+      valid = batch["present"][b, f] & ~batch["crowd"][b] & (batch["classes"][b] > 0)
+      targets.append((batch["boxes"][b, f], batch["classes"][b], batch["masks"][b, f], valid))
+  gt = mask_rcnn.GroundTruth(*map(jnp.stack, zip(*targets)))
+  assert int(gt.valid.sum()) == 10  # 6 frames x 2 real slots (a crowd, a padding slot), less the two absences
+
+  @jax.jit
+  def expected(state):
+    model = nnx.merge(graphdef, state)
+    flat_hw = jnp.repeat(batch["image_hw"], num_frames, axis=0)
+    features = model.features(batch["frames"].reshape(-1, height, width, 3), flat_hw)
+    return model.detector.losses_from_features(features, flat_hw, (height, width), gt, key)
+
+  graphdef, state = nnx.split(every_model)
+  want = expected(state)
+  for name, value in want.items():
+    np.testing.assert_array_equal(np.asarray(losses[name]), np.asarray(value), err_msg=name)
+  for name in ("loss_propagation", "loss_foreground"):
+    np.testing.assert_array_equal(np.asarray(losses[name]), np.asarray(center_losses[name]), err_msg=name)
+  assert float(losses["loss_mask"]) != float(center_losses["loss_mask"])

@@ -144,7 +144,7 @@ def test_a_run_from_converted_weights_is_rebuilt_as_trained_by_eval_the_demo_and
   def outputs(model):
     graphdef, state = nnx.split(model)
     geometry = maskprop_model.InputGeometry.for_video(model.config, frame.shape[:2])
-    features = predictor.frame_features(graphdef, state, frame, geometry)
+    _, features = predictor.frame_features(graphdef, state, frame, geometry)
     detections = predictor.detect(graphdef, state, features, jnp.asarray([geometry.resized_hw], jnp.int32))
     return [np.asarray(f) for f in features] + [np.asarray(x) for x in detections]
 

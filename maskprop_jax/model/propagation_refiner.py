@@ -1,0 +1,130 @@
+"""Refinement of propagated masks on the reference frame's own pixels (the paper's high-resolution refinement, in
+our form; off unless `propagation.refine_layers` is set).
+
+A propagated mask comes out of features of stride 4 or more: its outline is right only to within a feature cell.
+For each (reference frame, instance) the refiner takes a window around the mask (its support at probability 0.5,
+widened by MARGIN of its size and one mask cell on each side), pools on a SIZE x SIZE grid of that window
+
+  - the propagated probability (as a logit), the reference frame's propagation-level features and its normalised
+    pixels (the image at stride 1),
+
+runs the image-guided refiner (mask_refiner.ImageMaskRefiner, one output channel) and adds its residual to the
+logit: a window mask, sampled back onto the mask grid at its cells' centres. Pooling (RoIAlign with aligned=True)
+and sampling back share one convention, pixel i covering [i, i + 1), so a window's round trip moves nothing. A mask
+with no pixel at 0.5 has no window and stays as it was. Training scores the window logits with a binary
+cross-entropy against the ground truth pooled on the same window; the propagated masks enter without gradient, as
+the center masks enter propagation.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from maskprop_jax.model.mask_refiner import IMAGE_SAMPLING_RATIO, ImageMaskRefiner
+from maskprop_jax.model.roi_align import roi_align
+
+SIZE = 28  # the window's grid, as Mask R-CNN's masks
+MARGIN = 0.25  # the window reaches this share of the mask's height and width beyond its support on each side
+THRESHOLD = 0.5  # the support of a mask: its pixels at or above this probability
+_LOGIT_CLIP = 1e-4  # probabilities enter as logits of p clipped to [eps, 1 - eps]
+
+
+def support_windows(probs: jax.Array, stride: int) -> tuple[jax.Array, jax.Array]:
+  """Windows around masks [N, I, h, w] on a grid of `stride` input pixels: boxes [N, I, 4] (x0, y0, x1, y1) in
+  input pixels and whether the mask has any pixel at THRESHOLD [N, I]."""
+  height, width = probs.shape[-2:]
+  on = probs >= THRESHOLD
+  rows, cols = on.any(-1), on.any(-2)  # [N, I, h], [N, I, w]
+  valid = rows.any(-1)
+
+  def extent(present, size):
+    index = jnp.arange(size, dtype=jnp.float32)
+    first = jnp.min(jnp.where(present, index, size), axis=-1)
+    last = jnp.max(jnp.where(present, index, -1), axis=-1) + 1
+    return first * stride, last * stride
+
+  y0, y1 = extent(rows, height)
+  x0, x1 = extent(cols, width)
+  pad_x = MARGIN * (x1 - x0) + stride
+  pad_y = MARGIN * (y1 - y0) + stride
+  boxes = jnp.stack([x0 - pad_x, y0 - pad_y, x1 + pad_x, y1 + pad_y], axis=-1)
+  return jnp.where(valid[..., None], boxes, jnp.asarray([0.0, 0.0, 1.0, 1.0])), valid
+
+
+def _pool(maps: jax.Array, boxes: jax.Array, scale: float, sampling_ratio: int = IMAGE_SAMPLING_RATIO) -> jax.Array:
+  """maps [N, h, w, C] on a grid of 1/scale input pixels, boxes [N, I, 4] -> [N * I, SIZE, SIZE, C]."""
+  batch, num_boxes = boxes.shape[:2]
+  batch_index = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), num_boxes)
+  return roi_align(maps, boxes.reshape(-1, 4), batch_index, SIZE, scale, sampling_ratio, True)
+
+
+def _sampling_weights(start: jax.Array, end: jax.Array, cells: int, stride: int) -> jax.Array:
+  """Bilinear weights [..., cells, SIZE] that sample a window's SIZE bins spanning start..end (input pixels, [...])
+  at the centres of a grid's cells (stride input pixels each); zero for cells whose centre is outside the window."""
+  centre = (jnp.arange(cells, dtype=jnp.float32) + 0.5) * stride  # [cells]
+  length = jnp.maximum(end - start, 1e-6)[..., None]
+  position = (centre - start[..., None]) / length * SIZE - 0.5  # in bins, bin b centred at b
+  inside = (position >= -0.5) & (position <= SIZE - 0.5)
+  position = jnp.clip(position, 0.0, SIZE - 1.0)
+  low = jnp.floor(position)
+  frac = position - low
+  bins = jnp.arange(SIZE, dtype=jnp.float32)
+  weight = (jnp.where(bins == low[..., None], 1.0 - frac[..., None], 0.0)
+            + jnp.where(bins == low[..., None] + 1, frac[..., None], 0.0))
+  return jnp.where(inside[..., None], weight, 0.0)
+
+
+def sample_back(window_values: jax.Array, boxes: jax.Array, grid_hw: tuple[int, int], stride: int) -> jax.Array:
+  """Window values [N, I, SIZE, SIZE] at boxes [N, I, 4] -> [N, I, h, w] on a grid of `stride` input pixels, zero
+  outside each window."""
+  rows = _sampling_weights(boxes[..., 1], boxes[..., 3], grid_hw[0], stride)  # [N, I, h, SIZE]
+  cols = _sampling_weights(boxes[..., 0], boxes[..., 2], grid_hw[1], stride)  # [N, I, w, SIZE]
+  return jnp.einsum("niya,niab,nixb->niyx", rows, window_values, cols, precision=jax.lax.Precision.HIGHEST)
+
+
+def window_logits(refiner: ImageMaskRefiner, probs: jax.Array, boxes: jax.Array, inputs: jax.Array,
+                  features: jax.Array, mask_stride: int, feature_stride: int) -> jax.Array:
+  """Refined box-relative logits [N, I, SIZE, SIZE] of masks probs [N, I, h, w] (mask grid of `mask_stride`) in
+  windows boxes [N, I, 4], from the frames' normalised inputs [N, H, W, 3] and features [N, H/s, W/s, C]."""
+  batch, num_masks = probs.shape[:2]
+  eps = _LOGIT_CLIP
+  logits = jnp.log(jnp.clip(probs, eps, 1 - eps)) - jnp.log(jnp.clip(1 - probs, eps, 1 - eps))
+  # Each instance's logit map is its own "image": pooled with a batch index per (frame, instance).
+  flat = logits.reshape(batch * num_masks, *probs.shape[2:], 1)  # [N * I, h, w, 1]
+  pooled_logit = _pool(flat, boxes.reshape(batch * num_masks, 1, 4), 1.0 / mask_stride)  # [N * I, S, S, 1]
+  pooled_features = _pool(features, boxes, 1.0 / feature_stride)  # [N * I, S, S, C]
+  pixels = _pool(inputs, boxes, 1.0)  # [N * I, S, S, 3]
+  residual = refiner(jnp.concatenate([pooled_logit, pooled_features], axis=-1), pixels)[..., 0]
+  return (pooled_logit[..., 0] + residual).reshape(batch, num_masks, SIZE, SIZE)
+
+
+def refine(refiner: ImageMaskRefiner, probs: jax.Array, inputs: jax.Array, features: jax.Array,
+           mask_stride: int, feature_stride: int) -> jax.Array:
+  """Refined probabilities [N, I, h, w] of propagated masks probs [N, I, h, w] (see window_logits)."""
+  boxes, valid = support_windows(probs, mask_stride)
+  box_probs = jax.nn.sigmoid(window_logits(refiner, probs, boxes, inputs, features, mask_stride, feature_stride))
+  refined = sample_back(box_probs, boxes, probs.shape[-2:], mask_stride)
+  return jnp.where(valid[..., None, None], refined, probs)
+
+
+def refine_loss(refiner: ImageMaskRefiner, probs: jax.Array, inputs: jax.Array, features: jax.Array,
+                target_masks: jax.Array, track_valid: jax.Array, mask_stride: int,
+                feature_stride: int) -> jax.Array:
+  """Binary cross-entropy of the refined window logits against the ground truth on the same windows.
+
+  probs [N, I, h, w] propagated (no gradient flows into them); inputs [N, H, W, 3]; features [N, H/s, W/s, C];
+  target_masks [N, I, H, W] 0/1 at input resolution (zero beyond the image); track_valid [N, I].
+  """
+  probs = jax.lax.stop_gradient(probs)
+  boxes, has_window = support_windows(probs, mask_stride)
+  logits = window_logits(refiner, probs, boxes, inputs, features, mask_stride, feature_stride)
+  batch, num_masks = probs.shape[:2]
+  flat_targets = target_masks.astype(jnp.float32).reshape(batch * num_masks, *target_masks.shape[2:], 1)
+  # Bins as wide as several pixels average all of theirs (the adaptive grid), as Mask R-CNN's targets do.
+  targets = _pool(flat_targets, boxes.reshape(batch * num_masks, 1, 4), 1.0, -1)
+  targets = targets.reshape(batch, num_masks, SIZE, SIZE)  # [N, I, S, S]
+  per_mask = optax.sigmoid_binary_cross_entropy(logits, targets).mean(axis=(-2, -1))  # [N, I]
+  weight = (track_valid & has_window).astype(jnp.float32)
+  return jnp.sum(per_mask * weight) / jnp.maximum(jnp.sum(weight), 1.0)
