@@ -42,9 +42,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.detector.input.max_size = 640
   # Converted COCO weights (python -m maskprop_jax.convert ...); the class-specific layers are re-initialised.
   config.model.init_from = ""
-  # Frames whose Mask R-CNN losses train the detector: "center" (the paper's: the frame it detects on) or "all"
-  # (every frame of the clip: the backbone runs on them anyway, so only the heads cost more).
-  config.model.detector_loss_frames = "center"
   config.model.propagation = ml_collections.ConfigDict(dict(
       level=1,  # FPN level the masks are propagated on: 0 = P2 (stride 4), 1 = P3 (stride 8)
       # The mask head: head_depth 3x3 convs of head_width channels before the 1x1 logits conv; the paper's is the

@@ -188,25 +188,12 @@ def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
   center_inputs = inputs.reshape(batch_size, num_frames, *inputs.shape[1:])[:, 0]
 
   present = batch["present"]  # [B, F, M]
-  valid = present & (~batch["crowd"] & (batch["classes"] > 0))[:, None]  # [B, F, M]
-  gt_valid = valid[:, 0]  # [B, M]
+  gt_valid = present[:, 0] & ~batch["crowd"] & (batch["classes"] > 0)  # [B, M]
   gt = mask_rcnn.GroundTruth(boxes=batch["boxes"][:, 0], labels=batch["classes"], masks=batch["masks"][:, 0],
                              valid=gt_valid)
   # One key for the RPN's anchor sample and the RoI sample, split inside as rpn_key, roi_key = split(key).
-  if model.config.get("detector_loss_frames", "center") == "all":
-    # Every frame's features exist anyway; the heads' losses on the reference frames too are more supervision for
-    # the cost of the RPN and RoI heads alone. Each loss is a mean, now over B * F frames.
-    slots = batch["classes"].shape[1]
-    every_frame = mask_rcnn.GroundTruth(
-        boxes=batch["boxes"].reshape(batch_size * num_frames, slots, 4),
-        labels=jnp.repeat(batch["classes"], num_frames, axis=0),
-        masks=batch["masks"].reshape(batch_size * num_frames, slots, height, width),
-        valid=valid.reshape(batch_size * num_frames, slots))
-    losses = model.detector.losses_from_features(features, flat_hw, (height, width), every_frame, key,
-                                                 inputs=inputs)
-  else:
-    losses = model.detector.losses_from_features(center_features, image_hw, (height, width), gt, key,
-                                                 inputs=center_inputs)
+  losses = model.detector.losses_from_features(center_features, image_hw, (height, width), gt, key,
+                                               inputs=center_inputs)
 
   # Center masks: the mask head on the ground-truth boxes, its own loss trains it, so no gradient flows back here.
   # Padding slots (label 0) read class 1's mask; gt_valid zeroes them below.
