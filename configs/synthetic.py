@@ -65,9 +65,8 @@ def get_config():
   detector.anchors.sizes = ((16,), (32,), (64,), (128,), (256,))
   detector.rpn.update(dict(pre_nms_top_n_train=600, post_nms_top_n_train=300, pre_nms_top_n_test=300,
                            post_nms_top_n_test=100, batch_size_per_image=128))
-  # Two 3x3 convs of 16 channels refine the 28x28 masks on the frame's own pixels (model/mask_refiner.py).
   detector.roi_heads.update(dict(box_fc_dim=256, mask_layers=(32, 32), batch_size_per_image=64,
-                                 detections_per_img=20, mask_refine_layers=(16, 16)))
+                                 detections_per_img=20))
   # Features at stride 4 (P2), masks at stride 1: the objects are small (median 15x15 pixels). The mask head keeps
   # one 3x3 conv of 16 channels before the 1x1 logits conv: against the paper's 1x1 alone (head_depth 0), same
   # seed and steps, tuning split (seed 101) AP 0.625 vs 0.612, AP75 0.644 vs 0.598 (the valid split had it the

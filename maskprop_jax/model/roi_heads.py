@@ -153,7 +153,7 @@ class RoIHeads(nnx.Module):
     convolutions as im2col + matmul."""
     self._check_images(images)
     return _mask_logits(self.mask_head, self.mask_predictor, self.mask_refiner, self._pool, self.cfg, features,
-                        boxes, valid, input_hw, images, as_matmul)[-1]
+                        boxes, valid, input_hw, images, as_matmul)
 
   def mask_loss(self, features, positives: roi_targets.PositiveRoIs, gt_masks, image_hw, input_hw,
                 images=None) -> jax.Array:
@@ -175,11 +175,8 @@ class RoIHeads(nnx.Module):
       logits = _mask_logits(*heads, self._pool, self.cfg, features, positives.boxes, positives.valid, input_hw,
                             images, as_matmul)
       targets = roi_targets.project_masks_on_boxes(
-          gt_masks, positives.boxes, positives.matched_gt, image_hw, logits[0].shape[2])
-      # With a refiner, the mask head's own logits are scored too: the features that propagation also reads then
-      # keep learning outlines, instead of leaving them to the refiner's pixels.
-      loss = sum(roi_targets.maskrcnn_loss(stage, positives, targets) for stage in logits)
-      return loss, nnx.state(heads, nnx.BatchStat)
+          gt_masks, positives.boxes, positives.matched_gt, image_hw, logits.shape[2])
+      return roi_targets.maskrcnn_loss(logits, positives, targets), nnx.state(heads, nnx.BatchStat)
 
     num_valid = jnp.max(jnp.sum(positives.valid, axis=1))
     loss_mask, statistics = slot_buckets.on_smallest_bucket(
@@ -268,13 +265,12 @@ class RoIHeads(nnx.Module):
 
 def _mask_logits(mask_head, mask_predictor, mask_refiner, pool, cfg, features, boxes, valid, input_hw, images,
                  as_matmul) -> jax.Array:
-  """The mask branch on boxes [B, R, 4]: per-class logits [B, R, M, M, K] of the mask head, then of each refiner
-  (a list: the last is the branch's output)."""
+  """The mask branch on boxes [B, R, 4]: per-class logits [B, R, M, M, K], refined where a refiner is given."""
   batch, num_boxes = boxes.shape[:2]
   pooled = pool(features, boxes, input_hw, cfg.mask_output_size, cfg.mask_sampling_ratio)
   upsampled = mask_predictor.upsample(mask_head(pooled, valid.reshape(-1), as_matmul=as_matmul))
-  stages = [mask_predictor.logits(upsampled, as_matmul=as_matmul)]
+  logits = mask_predictor.logits(upsampled, as_matmul=as_matmul)
   for refiner in mask_refiner:
-    stages.append(stages[-1] + refiner(upsampled, pool_image(images, boxes, stages[-1].shape[1]),
-                                       as_matmul=as_matmul))
-  return [logits.reshape(batch, num_boxes, *logits.shape[1:]) for logits in stages]
+    logits = logits + refiner(upsampled, pool_image(images, boxes, logits.shape[1]),
+                              as_matmul=as_matmul)
+  return logits.reshape(batch, num_boxes, *logits.shape[1:])

@@ -124,16 +124,3 @@ def test_maskprop_trains_and_infers_with_the_refiner():
   unrefined = inference.detect(graphdef, state, levels, hw, inputs)
   np.testing.assert_array_equal(np.asarray(refined.boxes), np.asarray(unrefined.boxes))
   assert not np.array_equal(np.asarray(refined.masks), np.asarray(unrefined.masks))
-
-
-def test_with_a_refiner_the_mask_loss_scores_the_mask_heads_own_logits_too():
-  """A new refiner adds zero, so both stages' logits are the mask head's and the loss is twice torchvision's."""
-  features, proposals, proposal_valid, gt_boxes, gt_labels, gt_masks, gt_valid = _scene()
-  plain, refined = _heads(()), _heads((8,))
-  nnx.update(refined, nnx.state(plain))
-  args = (features, proposals, proposal_valid, gt_boxes, gt_labels, gt_masks, gt_valid, IMAGE_HW, INPUT_HW,
-          jax.random.key(0))
-  want, _ = plain.losses(*args)
-  got, _ = refined.losses(*args, images=jnp.asarray(_images()))
-  assert float(got["loss_mask"]) == 2 * float(want["loss_mask"])
-  assert float(got["loss_classifier"]) == float(want["loss_classifier"])
