@@ -5,6 +5,9 @@ within a feature cell, several pixels of a small object. The frame itself knows 
 the normalised image on the same 28x28 grid of each box (RoIAlign at stride 1, the mask head's alignment), and a few
 3x3 convolutions on [the predictor's upsampled features, those pixels] predict a residual to every class's
 logits. Its last convolution starts at zero, so at initialisation the masks are the mask head's.
+
+On the synthetic main job it lowered the mask loss by a tenth but moved video AP only within what a training seed
+moves, for a 1.2x training step; configs/synthetic.py's docstring has the figures.
 """
 
 from __future__ import annotations

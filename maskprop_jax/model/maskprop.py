@@ -11,6 +11,11 @@ each frame's features and propagation terms once and reuse them across the clips
 compose the detector's features-level API (mask_rcnn.MaskRCNN.features, detect_from_features,
 losses_from_features, box_mask_probs).
 
+Refiners (off unless configured): `detector.roi_heads.mask_refine_layers` refines Mask R-CNN's box-relative masks on
+the frame's pixels (mask_refiner.py), the center masks that drive propagation included; `propagation.refine_layers`
+refines each propagated mask on its reference frame's pixels (propagation_refiner.py). Both read the normalised
+network input (`frame_input`), which inference caches with each frame's features.
+
 Grids: propagation reads the FPN level `propagation.level` (stride `feature_stride(config)`) and writes masks
 `propagation.upsample` times finer, on the mask grid of stride `mask_stride(config)`, the only place it is derived.
 """
@@ -176,7 +181,8 @@ class MaskProp(nnx.Module):
 
 def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
                    key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Mask R-CNN's losses on the center frames plus the weighted propagation loss: (total, every term)."""
+  """Mask R-CNN's losses on the center frames plus the weighted propagation loss, and with a propagation refiner
+  its loss_refine: (total, every term)."""
   frames = batch["frames"]  # [B, F, H, W, 3] uint8, frame 0 is the center
   batch_size, num_frames, height, width = frames.shape[:4]
   image_hw = batch["image_hw"]  # [B, 2]
