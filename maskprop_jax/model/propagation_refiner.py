@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from maskprop_jax.model.mask_refiner import IMAGE_SAMPLING_RATIO, ImageMaskRefiner
-from maskprop_jax.model.roi_align import roi_align
+from maskprop_jax.model.mask_refiner import IMAGE_SAMPLING_RATIO, ImageMaskRefiner, pool_on_boxes
 
 SIZE = 28  # the window's grid, as Mask R-CNN's masks
 MARGIN = 0.25  # the window reaches this share of the mask's height and width beyond its support on each side
@@ -54,10 +53,8 @@ def support_windows(probs: jax.Array, stride: int) -> tuple[jax.Array, jax.Array
 
 
 def _pool(maps: jax.Array, boxes: jax.Array, scale: float, sampling_ratio: int = IMAGE_SAMPLING_RATIO) -> jax.Array:
-  """maps [N, h, w, C] on a grid of 1/scale input pixels, boxes [N, I, 4] -> [N * I, SIZE, SIZE, C]."""
-  batch, num_boxes = boxes.shape[:2]
-  batch_index = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), num_boxes)
-  return roi_align(maps, boxes.reshape(-1, 4), batch_index, SIZE, scale, sampling_ratio, True)
+  """maps [N, h, w, C] on a grid of 1/scale input pixels, boxes [N, I, 4] -> [N * I, SIZE, SIZE, C], aligned."""
+  return pool_on_boxes(maps, boxes, SIZE, scale=scale, sampling_ratio=sampling_ratio, aligned=True)
 
 
 def _sampling_weights(start: jax.Array, end: jax.Array, cells: int, stride: int) -> jax.Array:

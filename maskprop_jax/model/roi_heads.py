@@ -21,7 +21,7 @@ from flax import nnx
 from maskprop_jax.model import box_coder, box_ops, nms, roi_targets, slot_buckets
 from maskprop_jax.model.box_head import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from maskprop_jax.model.mask_head import MaskRCNNHeads, MaskRCNNPredictor
-from maskprop_jax.model.mask_refiner import ImageMaskRefiner, pool_image
+from maskprop_jax.model.mask_refiner import ImageMaskRefiner, pool_on_boxes
 from maskprop_jax.model.roi_align import multi_scale_roi_align
 
 REMOVE_SMALL_MIN_SIZE = 1e-2
@@ -271,6 +271,6 @@ def _mask_logits(mask_head, mask_predictor, mask_refiner, pool, cfg, features, b
   upsampled = mask_predictor.upsample(mask_head(pooled, valid.reshape(-1), as_matmul=as_matmul))
   logits = mask_predictor.logits(upsampled, as_matmul=as_matmul)
   for refiner in mask_refiner:
-    logits = logits + refiner(upsampled, pool_image(images, boxes, logits.shape[1]),
+    logits = logits + refiner(upsampled, pool_on_boxes(images, boxes, logits.shape[1]),
                               as_matmul=as_matmul)
   return logits.reshape(batch, num_boxes, *logits.shape[1:])

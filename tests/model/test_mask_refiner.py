@@ -28,7 +28,7 @@ def test_image_pixels_sit_on_the_mask_targets_grid():
   yy, xx = np.mgrid[:INPUT_HW[0], :INPUT_HW[1]].astype(np.float32)
   ramp = 0.01 * xx + 0.003 * yy  # in [0, 1]: a valid soft "mask"
   boxes = np.array([[[10.0, 12.0, 30.5, 27.0], [40.0, 33.0, 97.0, 101.0]]], np.float32)  # [1, 2, 4]
-  pixels = mask_refiner.pool_image(jnp.asarray(np.repeat(ramp[None, ..., None], 3, -1)), jnp.asarray(boxes), 28)
+  pixels = mask_refiner.pool_on_boxes(jnp.asarray(np.repeat(ramp[None, ..., None], 3, -1)), jnp.asarray(boxes), 28)
   targets = roi_targets.project_masks_on_boxes(
       jnp.asarray(ramp[None, None]), jnp.asarray(boxes), jnp.zeros((1, 2), jnp.int32),
       jnp.asarray([INPUT_HW], jnp.int32), 28)
