@@ -37,6 +37,11 @@ Mask R-CNN's masks (detector.roi_heads.mask_refine_layers=(16, 16)) 0.682 / 0.51
 scored too 0.687 / 0.486; with propagated masks refined as well (propagation.refine_layers=(16, 16)) 0.665 / 0.487.
 Within what one training seed moves, for a 1.2x step (19 min 39 s from a fresh clone): left off. Nor did lr 4e-3 pay
 (training loss 1.27 against 1.22 with the refiner at 2e-3).
+detectron2's mask geometry (detector.roi_heads.aligned=True: aligned RoIAlign, aligned mask targets, detectron2's
+paste), under which ground truth made into targets and pasted back keeps IoU 0.999 with itself for objects under 100
+pixels, against 0.78 torchvision's way (2026-12-06): 0.677 / 0.494 on seeds 101 / 303. The network's masks, not
+their grid, are what is lost: per-frame IoU under 100 pixels 0.564 against 0.575 (seed 101). Left off; nor did a
+lower score_thresh pay (0.2: 0.660 / 0.463; 0.15: 0.681 / 0.467).
 """
 
 from configs import default

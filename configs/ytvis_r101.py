@@ -7,7 +7,8 @@ mask_rcnn_R_101_FPN_3x checkpoint (model_final_a3ec72.pkl), converted first:
     python train.py --config configs/ytvis_r101.py --workdir runs/ytvis_r101
     python eval.py --config configs/ytvis_r101.py --workdir runs/ytvis_r101
 
-detectron2's conventions come with its variant: BGR input in 0..255, stride on the 1x1 convs, aligned RoIAlign.
+detectron2's conventions come with its variant: BGR input in 0..255, stride on the 1x1 convs, aligned RoIAlign, and
+masks trained on aligned targets and pasted as detectron2 pastes them (model/paste_masks.py).
 Expected runtime: about 4 hours on 8 A100-class GPUs plus about 25 minutes of evaluation (an estimate: R101's
 backbone costs about 1.4x R50's; not measured, no GPU was available to this project).
 """

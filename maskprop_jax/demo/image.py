@@ -40,7 +40,7 @@ def read_image(path: str) -> np.ndarray:
 
 @partial(jax.jit, static_argnames="canvas_hw")
 def _detect(model: MaskRCNN, images, image_hw, original_hw, canvas_hw) -> ImageResults:
-  return postprocess(model(images, image_hw), image_hw, original_hw, canvas_hw)
+  return postprocess(model(images, image_hw), image_hw, original_hw, canvas_hw, aligned=model.cfg.roi_heads.aligned)
 
 
 def detect_image(model: MaskRCNN, metadata: dict[str, Any], image: np.ndarray, score_thresh: float) -> list[dict]:

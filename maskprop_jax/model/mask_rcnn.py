@@ -239,7 +239,8 @@ def preprocess_batch(
 
 
 def postprocess(
-  detections: Detections, image_hw: jax.Array, original_hw: jax.Array, canvas_hw: tuple[int, int]
+  detections: Detections, image_hw: jax.Array, original_hw: jax.Array, canvas_hw: tuple[int, int], *,
+  aligned: bool = False,
 ) -> ImageResults:
   """torchvision's transform.postprocess: boxes scaled to the original size, masks pasted into it.
 
@@ -247,9 +248,11 @@ def postprocess(
     image_hw: [B, 2] resized sizes the detections refer to; original_hw: [B, 2] original sizes.
     canvas_hw: static (H, W) of the returned masks, at least every original size (pixels beyond an image's own
       size are zero).
+    aligned: detectron2's paste instead of torchvision's (the model's roi_heads.aligned).
   """
   boxes = resize_boxes(detections.boxes, image_hw, original_hw)  # [B, D, 4]
-  masks = paste_masks_in_image(detections.masks, boxes, canvas_hw, jnp.asarray(original_hw)[:, None, :])
+  masks = paste_masks_in_image(detections.masks, boxes, canvas_hw, jnp.asarray(original_hw)[:, None, :],
+                               aligned=aligned)
   valid = detections.valid
   return ImageResults(
     boxes=jnp.where(valid[..., None], boxes, 0.0), scores=detections.scores, labels=detections.labels,

@@ -30,8 +30,8 @@ IMAGE_SAMPLING_RATIO = 2
 def pool_on_boxes(maps: jax.Array, boxes: jax.Array, output_size: int, *, scale: float = 1.0,
                   sampling_ratio: int = IMAGE_SAMPLING_RATIO, aligned: bool = False) -> jax.Array:
   """Maps [B, H, W, C] on a grid of 1/scale input pixels (the normalised images: scale 1) and boxes [B, R, 4] in
-  input pixels -> [B * R, s, s, C] box-relative values. aligned=False is the grid of Mask R-CNN's mask targets
-  (roi_targets.project_masks_on_boxes, torchvision's)."""
+  input pixels -> [B * R, s, s, C] box-relative values. With roi_heads.aligned passed as `aligned`, this is the
+  grid of Mask R-CNN's mask targets (roi_targets.project_masks_on_boxes)."""
   batch, num_boxes = boxes.shape[:2]
   batch_index = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), num_boxes)
   return roi_align(jnp.asarray(maps), boxes.reshape(-1, 4), batch_index, output_size, scale, sampling_ratio, aligned)

@@ -140,7 +140,8 @@ class MaskProp(nnx.Module):
   def instance_masks(self, mask_probs: jax.Array, boxes: jax.Array, image_hw: jax.Array,
                      canvas_hw: tuple[int, int]) -> jax.Array:
     """28x28 box-relative masks [N, D, M, M] -> masks on the mask grid [N, D, h, w]."""
-    pasted = paste_masks_in_image(mask_probs, boxes, canvas_hw, image_hw[:, None, :])  # [N, D, H, W]
+    pasted = paste_masks_in_image(mask_probs, boxes, canvas_hw, image_hw[:, None, :],
+                                  aligned=self.config.detector.roi_heads.aligned)  # [N, D, H, W]
     return propagation.downsample_masks(pasted, self.mask_stride)
 
   def feature_grid_masks(self, masks: jax.Array) -> jax.Array:

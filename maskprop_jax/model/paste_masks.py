@@ -1,4 +1,4 @@
-"""Pasting fixed-size RoI masks into full images: torchvision's paste_masks_in_image with static shapes.
+"""Pasting fixed-size RoI masks into full images with static shapes: torchvision's rule or detectron2's (aligned).
 
 torchvision pads each M x M mask by `padding` pixels, scales its box by (M + 2 padding) / M about the center,
 truncates the box to integers, resizes the padded mask to the box size (w = x1 - x0 + 1, h = y1 - y0 + 1) with
@@ -6,6 +6,15 @@ bilinear interpolation (align_corners=False) and copies it into the image where 
 Here the resize and the placement are one separable linear map per mask: out = Ry @ mask @ Rx^T, where
 Ry [H, M + 2 padding] holds, for each image row inside the box, the two bilinear weights of its source rows
 (and zeros outside the box), so shapes never depend on the boxes.
+
+detectron2 (aligned=True) samples the mask at each pixel's centre in the box's own float coordinates: mask cell
+(p + 0.5 - x0) / (x1 - x0) * M - 0.5 for pixel p, bilinear with zeros beyond the mask (grid_sample,
+align_corners=False). It is the inverse of the aligned RoIAlign that makes its mask targets, so a target pasted
+back is the mask it came from, to within the M x M grid. torchvision's truncated, padded and widened box (w + 1
+pixels) and its unaligned targets shift and stretch masks by up to a pixel, which small objects cannot afford: the
+ground-truth masks of a synthetic split (seed 101, 1,337 masks at the main job's test scale) made into targets and
+pasted back have IoU 0.78 with themselves under 100 pixels of area and 0.90 at 100-400 the torchvision way, 0.999
+and 0.998 detectron2's (tests/model/test_paste_masks.py checks the same on drawn shapes).
 """
 
 from __future__ import annotations
@@ -52,12 +61,42 @@ def placement_weights(start: jax.Array, end: jax.Array, source_size: int, out_si
   return jnp.where(inside[..., None], weight, 0.0)
 
 
+def aligned_placement_weights(start: jax.Array, end: jax.Array, source_size: int, out_size: int,
+                              limit: jax.Array) -> jax.Array:
+  """detectron2's resize of `source_size` mask cells onto the pixels of the float box [start, end], along one axis.
+
+  Args:
+    start, end: [...] float32 box edges in pixels.
+    source_size: mask size M along this axis.
+    out_size: static image size along this axis.
+    limit: [...] or scalar int32 image size; pixels at or beyond it stay empty.
+
+  Returns:
+    [..., out_size, source_size] float32; a pixel's weights sum to less than 1 within a cell of the box's edge.
+  """
+  pixel = jnp.arange(out_size, dtype=jnp.float32)
+  length = (end - start)[..., None]  # [..., 1]
+  # grid_sample's unnormalisation of the pixel's [-1, 1] coordinate, in detectron2's float32 operation order.
+  grid = (pixel + 0.5 - start[..., None]) / length * 2.0 - 1.0  # [..., out]
+  source = ((grid + 1.0) * source_size - 1.0) / 2.0
+  low = jnp.floor(source)
+  frac = source - low
+  low = low.astype(jnp.int32)
+  taps = jnp.arange(source_size, dtype=jnp.int32)
+  weight = (jnp.where(taps == low[..., None], 1.0 - frac[..., None], 0.0)
+            + jnp.where(taps == low[..., None] + 1, frac[..., None], 0.0))  # [..., out, source]
+  inside = (jnp.arange(out_size) < jnp.asarray(limit)[..., None]) & (length > 0)
+  return jnp.where(inside[..., None], weight, 0.0)
+
+
 def paste_masks_in_image(
     masks: jax.Array,
     boxes: jax.Array,
     canvas_hw: tuple[int, int],
     image_hw: jax.Array | None = None,
     padding: int = 1,
+    *,
+    aligned: bool = False,
 ) -> jax.Array:
   """Pastes masks [..., M, M] at boxes [..., 4] into images of static size canvas_hw = (H, W).
 
@@ -67,18 +106,23 @@ def paste_masks_in_image(
     canvas_hw: static output size.
     image_hw: optional [..., 2] (or [2]) true image size when it is smaller than the canvas; torchvision
       clips the paste to the image, and pixels beyond it stay zero.
-    padding: torchvision's padding (1) of the mask before resizing.
+    padding: torchvision's padding (1) of the mask before resizing (unused when aligned).
+    aligned: detectron2's rule (see the module docstring) instead of torchvision's.
 
   Returns:
     [..., H, W] float32.
   """
+  height, width = canvas_hw
+  image_hw = jnp.asarray(canvas_hw if image_hw is None else image_hw, jnp.int32)
+  if aligned:
+    boxes = boxes.astype(jnp.float32)
+    rows = aligned_placement_weights(boxes[..., 1], boxes[..., 3], masks.shape[-2], height, image_hw[..., 0])
+    cols = aligned_placement_weights(boxes[..., 0], boxes[..., 2], masks.shape[-1], width, image_hw[..., 1])
+    return jnp.einsum("...yi,...ij,...xj->...yx", rows, masks.astype(jnp.float32), cols,
+                      precision=jax.lax.Precision.HIGHEST)
   size = masks.shape[-1]
   padded = jnp.pad(masks.astype(jnp.float32), [(0, 0)] * (masks.ndim - 2) + [(padding, padding)] * 2)
   boxes = expand_boxes(boxes.astype(jnp.float32), (size + 2 * padding) / size).astype(jnp.int32)  # truncates
-  height, width = canvas_hw
-  if image_hw is None:
-    image_hw = jnp.asarray(canvas_hw, jnp.int32)
-  image_hw = jnp.asarray(image_hw, jnp.int32)
   rows = placement_weights(boxes[..., 1], boxes[..., 3], size + 2 * padding, height, image_hw[..., 0])
   cols = placement_weights(boxes[..., 0], boxes[..., 2], size + 2 * padding, width, image_hw[..., 1])
   return jnp.einsum("...yi,...ij,...xj->...yx", rows, padded, cols, precision=jax.lax.Precision.HIGHEST)

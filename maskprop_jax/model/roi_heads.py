@@ -89,7 +89,8 @@ class RoIHeads(nnx.Module):
   """Box and mask branches of Mask R-CNN, configured by `mask_rcnn_config(...).roi_heads`.
 
   Config fields used: box_head ("two_mlp" or "conv_fc"), box_conv_layers, box_fc_dim, box_norm,
-  box_output_size, box_sampling_ratio, mask_output_size, mask_sampling_ratio, mask_layers, mask_norm, aligned,
+  box_output_size, box_sampling_ratio, mask_output_size, mask_sampling_ratio, mask_layers, mask_norm,
+  aligned (detectron2's half-pixel-correct grids: RoI pooling, mask targets and, where masks are pasted, the paste),
   score_thresh, nms_thresh, detections_per_img, fg_iou_thresh, bg_iou_thresh, batch_size_per_image,
   positive_fraction, bbox_reg_weights; optional: level_rule ("torchvision" or "detectron2"),
   max_sampling_grid (cap of adaptive RoIAlign grids), mask_dilation, mask_loss_buckets (the mask loss on the
@@ -175,7 +176,7 @@ class RoIHeads(nnx.Module):
       logits = _mask_logits(*heads, self._pool, self.cfg, features, positives.boxes, positives.valid, input_hw,
                             images, as_matmul)
       targets = roi_targets.project_masks_on_boxes(
-          gt_masks, positives.boxes, positives.matched_gt, image_hw, logits.shape[2])
+          gt_masks, positives.boxes, positives.matched_gt, image_hw, logits.shape[2], aligned=self.cfg.aligned)
       return roi_targets.maskrcnn_loss(logits, positives, targets), nnx.state(heads, nnx.BatchStat)
 
     num_valid = jnp.max(jnp.sum(positives.valid, axis=1))
@@ -271,6 +272,6 @@ def _mask_logits(mask_head, mask_predictor, mask_refiner, pool, cfg, features, b
   upsampled = mask_predictor.upsample(mask_head(pooled, valid.reshape(-1), as_matmul=as_matmul))
   logits = mask_predictor.logits(upsampled, as_matmul=as_matmul)
   for refiner in mask_refiner:
-    logits = logits + refiner(upsampled, pool_on_boxes(images, boxes, logits.shape[1]),
+    logits = logits + refiner(upsampled, pool_on_boxes(images, boxes, logits.shape[1], aligned=cfg.aligned),
                               as_matmul=as_matmul)
   return logits.reshape(batch, num_boxes, *logits.shape[1:])

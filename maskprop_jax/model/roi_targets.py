@@ -4,7 +4,7 @@ Per image: ground-truth boxes are appended to the proposals, every box is matche
 foreground, < 0.5 background), a fixed-size balanced sample is drawn (512 RoIs, at most 25% positive), and the
 sampled RoIs get class labels, box regression targets and, for the positives, 28x28 mask targets (the matched gt
 mask pooled over the RoI with roi_align, aligned=False, adaptive sampling -- exactly torchvision's
-project_masks_on_boxes, computed with separable operators).
+project_masks_on_boxes, computed with separable operators; aligned=True is detectron2's grid).
 
 Shapes: B images, P proposal slots, G gt slots, N = P + G candidate boxes, S sampled slots, Q positive slots.
 Sampled indices index the candidate list [proposals; gt] of an image.
@@ -189,14 +189,17 @@ def project_masks_on_boxes(
     image_hw: jax.Array,
     mask_size: int,
     max_sampling_grid: int | None = None,
+    aligned: bool = False,
 ) -> jax.Array:
-  """Mask targets: each RoI's matched gt mask pooled over the RoI, as torchvision's project_masks_on_boxes.
+  """Mask targets: each RoI's matched gt mask pooled over the RoI, as torchvision's project_masks_on_boxes, or
+  with aligned RoIAlign as detectron2's BitMasks.crop_and_resize (the inverse of its paste, see paste_masks).
 
   Args:
     gt_masks: [B, G, H, W] 0/1 (any numeric dtype) in the padded frame; boxes: [B, Q, 4]; matched_gt: [B, Q].
     image_hw: [B, 2] image size before padding: torchvision's masks end there, which matters for samples
       within a pixel of the image's bottom or right edge.
     mask_size: M (28 for Mask R-CNN).
+    aligned: detectron2's half-pixel-correct grid instead of torchvision's.
     max_sampling_grid: cap of the adaptive grid; the default covers every RoI inside the mask frame.
 
   Returns:
@@ -208,7 +211,7 @@ def project_masks_on_boxes(
   map_index = (jnp.arange(batch)[:, None] * num_gt + matched_gt).reshape(-1)  # [B * Q]
   valid_hw = jnp.repeat(image_hw.astype(jnp.int32), slots, axis=0)  # [B * Q, 2]
   targets = roi_align_single_channel(
-      maps, boxes.reshape(-1, 4), map_index, mask_size, 1.0, -1, False, max_sampling_grid,
+      maps, boxes.reshape(-1, 4), map_index, mask_size, 1.0, -1, aligned, max_sampling_grid,
       valid_hw)  # [B * Q, M, M]
   return targets.reshape(batch, slots, mask_size, mask_size)
 
