@@ -17,6 +17,7 @@ MODULES = [
     "maskprop_jax.convert",
     "maskprop_jax.convert.parity",
     "maskprop_jax.inference.propagation_eval",
+    "maskprop_jax.inference.resolution_cap",
     "maskprop_jax.linking.bench",
     "maskprop_jax.model.bench",
 ]
