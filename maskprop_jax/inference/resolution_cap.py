@@ -137,7 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", required=True, help="a configs/*.py file")
   parser.add_argument("--annotations", required=True, help="a YouTube-VIS-format annotation file with ground truth")
-  parser.add_argument("--json", help="also write the report here as JSON")
+  parser.add_argument("--json", help="also write the report here as JSON (default: print only)")
   return parser.parse_args(argv)
 
 
