@@ -122,3 +122,22 @@ def test_aligned_matches_detectron2_paste():
   out = paste(jnp.asarray(masks), jnp.asarray(boxes), canvas_hw=image_hw, aligned=True)
   expected = _detectron2_paste(torch.from_numpy(masks), torch.from_numpy(boxes), *image_hw)
   np.testing.assert_allclose(out, expected.numpy(), atol=1e-5)
+
+
+def test_thresholded_paste_equals_torchvision_pixel_for_pixel():
+  # Random-weight models give mask probabilities of 0.2-0.7, so many pasted pixels lie near the 0.5 threshold:
+  # with the same 28x28 probabilities, a pixel may differ only where torchvision's value is within float rounding
+  # of 0.5 (the resize's float32 sums in another order). Small boxes such as 22x44 included.
+  rng = np.random.default_rng(2)
+  num, image_hw = 40, (480, 640)
+  masks = rng.uniform(0.2, 0.7, size=(num, 28, 28)).astype(np.float32)
+  x0, y0 = rng.uniform(0, 600, num), rng.uniform(0, 440, num)
+  sizes = rng.uniform(10, 200, (num, 2))
+  boxes = np.stack([x0, y0, x0 + sizes[:, 0], y0 + sizes[:, 1]], 1).astype(np.float32)
+  boxes[0] = [101.3, 57.8, 123.3, 101.8]  # 22 x 44
+  ours = np.asarray(paste(jnp.asarray(masks), jnp.asarray(boxes), canvas_hw=image_hw))
+  expected = roi_heads.paste_masks_in_image(torch.from_numpy(masks)[:, None], torch.from_numpy(boxes),
+                                            image_hw)[:, 0].numpy()
+  differ = (ours >= 0.5) != (expected >= 0.5)
+  assert np.all(np.abs(expected[differ] - 0.5) < 1e-6), np.abs(expected[differ] - 0.5).max()
+  assert (expected >= 0.5).sum() > 50_000  # the masks are not empty
