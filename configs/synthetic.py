@@ -28,9 +28,11 @@ ranking +0.028 / +0.025, missed tracks +0.018 / +0.009, class 0 / 0 (no class co
 objects are most of it (per-frame IoU 0.57 under 100 pixels of area, 0.79 at 100-400, 0.91 above 1,600 on seed 101).
 On the tuning split, at equal wall time the training scale did not pay: frames trained at short side 192-224 for
 1,320 steps (tested at 240) 0.644, at 176-208 for 1,520 steps (tested at 224) 0.649, against 0.665 here; at 1,400
-and 1,800 steps the 192-224 model gave 0.671 and 0.683 (a 1.37x step). Two reference frames per clip cost a 1.64x
-step, a mask head of 4 x 64 channels about 1.3x, FPN of 64 channels about 1.45x (timed beside a training run); none
-was trained, as each would need fewer steps to stay within 20 minutes.
+and 1,800 steps the 192-224 model gave 0.671 and 0.683 (a 1.37x step). A mask head of 4 x 64 channels costs about
+1.3x, FPN of 64 channels about 1.45x (timed beside a training run); neither was trained, as each would need fewer
+steps to stay within 20 minutes. Two reference frames per clip (data.num_ref_frames=2; the paper supervises every
+frame of the clip) cost a 1.64x step: trained at equal wall time (1,100 steps) they gave 0.626 / 0.460 on seeds
+101 / 303 against 0.665 / 0.492 here (2026-12-06), so the main job supervises one.
 The model underfits: on 24 of its own training videos it scores 0.494, no more than on unseen ones (seed 303: 0.492).
 Refining masks on the frame's pixels (2026-12-06, tuning splits seeds 101 / 303, AP; this config 0.665 / 0.492):
 Mask R-CNN's masks (detector.roi_heads.mask_refine_layers=(16, 16)) 0.682 / 0.510; with the mask head's own logits

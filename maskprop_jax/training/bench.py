@@ -6,7 +6,8 @@ Builds the model, optimizer and train step exactly as train.py does (training/st
 device), draws --steps + 1 batches from the config's training pipeline before any timing (so the input pipeline
 is not timed; its own speed is `python -m maskprop_jax.data.bench`), runs one step to compile, then times each
 of the next --steps steps to completion (block_until_ready). Prints one table row: compile seconds, median, p10
-and p90 milliseconds per step, clips per second. The data set is prepared on first use, as train.py does.
+and p90 milliseconds per step, clips per second, and the memory a device holds during a step (XLA's accounting of
+the compiled step: state, batch, outputs and temporaries; what `data.num_ref_frames` and the batch size cost). The data set is prepared on first use, as train.py does.
 Comparing two versions of the code: run this file by path with PYTHONPATH set to each checkout, alternately.
 
     python -m maskprop_jax.training.bench --config configs/synthetic.py --profile [--steps 20]
@@ -55,10 +56,23 @@ def _train_step(config, num_batches: int):
   return step_fn, state, batches, jax.random.key(config.seed)
 
 
-def step_times(config, num_steps: int) -> tuple[float, list[float]]:
-  """(compile seconds, seconds of each of num_steps steps) of config's train step on its own batches."""
+def step_memory_bytes(step_fn, state, batch, key) -> int | None:
+  """Bytes a device holds while the compiled step runs, by XLA's own accounting: its arguments (parameters,
+  optimizer state, batch), outputs and temporaries, less the outputs that reuse donated arguments. None where the
+  backend does not report it."""
+  stats = step_fn.lower(state, batch, key).compile().memory_analysis()
+  if stats is None:
+    return None
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+             - stats.alias_size_in_bytes)
+
+
+def step_times(config, num_steps: int) -> tuple[float, list[float], int | None]:
+  """(compile seconds, seconds of each of num_steps steps, step_memory_bytes) of config's train step on its own
+  batches."""
   step_fn, state, batches, key = _train_step(config, num_steps + 1)
-  start = time.perf_counter()
+  start = time.perf_counter()  # compile seconds: the step's compilation (once, for its memory too) and first run
+  memory = step_memory_bytes(step_fn, state, batches[0], key)
   state, _ = jax.block_until_ready(step_fn(state, batches[0], key))
   compile_seconds = time.perf_counter() - start
   seconds = []
@@ -66,7 +80,7 @@ def step_times(config, num_steps: int) -> tuple[float, list[float]]:
     start = time.perf_counter()
     state, _ = jax.block_until_ready(step_fn(state, batch, key))
     seconds.append(time.perf_counter() - start)
-  return compile_seconds, seconds
+  return compile_seconds, seconds, memory
 
 
 def step_profile(config, num_steps: int) -> list[profile.Row]:
@@ -86,14 +100,15 @@ def main(argv):
   if FLAGS.profile:
     print(profile.format_table(step_profile(config, FLAGS.steps), title="part of a train step"))
     return
-  compile_seconds, seconds = step_times(config, FLAGS.steps)
+  compile_seconds, seconds, memory = step_times(config, FLAGS.steps)
   ms = 1000 * np.asarray(seconds)
   print(f"{'devices':>8s} {'batch':>6s} {'compile s':>10s} {'median ms':>10s} {'p10 ms':>8s} {'p90 ms':>8s} "
-        f"{'clips/s':>8s}")
+        f"{'clips/s':>8s} {'step MiB/device':>16s}")
   median = statistics.median(ms)
+  memory_text = "-" if memory is None else f"{memory / 2**20:.0f}"
   print(f"{jax.device_count():8d} {config.train.global_batch_size:6d} {compile_seconds:10.1f} {median:10.1f} "
         f"{np.percentile(ms, 10):8.1f} {np.percentile(ms, 90):8.1f} "
-        f"{1000 * config.train.global_batch_size / median:8.2f}")
+        f"{1000 * config.train.global_batch_size / median:8.2f} {memory_text:>16s}")
 
 
 if __name__ == "__main__":
