@@ -31,7 +31,8 @@ On the tuning split, at equal wall time the training scale did not pay: frames t
 and 1,800 steps the 192-224 model gave 0.671 and 0.683 (a 1.37x step). A mask head of 4 x 64 channels costs about
 1.3x, FPN of 64 channels about 1.45x (timed beside a training run); neither was trained, as each would need fewer
 steps to stay within 20 minutes. Two reference frames per clip (data.num_ref_frames=2; the paper supervises every
-frame of the clip) cost a 1.64x step: trained at equal wall time (1,100 steps) they gave 0.626 / 0.460 on seeds
+frame of the clip) cost a 1.6x step and 354 MiB of device memory against 237 (3: 2.2x, 473 MiB; `python -m
+maskprop_jax.training.bench`): trained at equal wall time (1,100 steps) they gave 0.626 / 0.460 on seeds
 101 / 303 against 0.665 / 0.492 here (2026-12-06), so the main job supervises one.
 The model underfits: on 24 of its own training videos it scores 0.494, no more than on unseen ones (seed 303: 0.492).
 Refining masks on the frame's pixels (2026-12-06, tuning splits seeds 101 / 303, AP; this config 0.665 / 0.492):
