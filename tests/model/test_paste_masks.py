@@ -77,15 +77,21 @@ torch = pytest.importorskip("torch")
 roi_heads = pytest.importorskip("torchvision.models.detection.roi_heads")
 
 
-def test_matches_torchvision_paste_masks_in_image():
-  rng = np.random.default_rng(0)
-  num, image_hw = 12, (37, 45)
+def _random_masks_and_boxes(seed: int, min_side: float, num: int = 12) -> tuple[np.ndarray, np.ndarray]:
+  """28x28 probabilities and boxes of at least min_side pixels around a 37x45 image. Boxes may stick out of the
+  image but not lie wholly outside it: torchvision's slicing breaks on those (a negative slice end), and
+  detections are clipped to the image before pasting anyway."""
+  rng = np.random.default_rng(seed)
   masks = rng.uniform(size=(num, 28, 28)).astype(np.float32)
-  # Boxes may stick out of the image but not lie wholly outside it: torchvision's slicing breaks on those
-  # (a negative slice end), and detections are clipped to the image before pasting anyway.
   x0 = rng.uniform(-15, 40, num)
   y0 = rng.uniform(-15, 30, num)
-  boxes = np.stack([x0, y0, x0 + rng.uniform(16, 30, num), y0 + rng.uniform(16, 25, num)], 1).astype(np.float32)
+  boxes = np.stack([x0, y0, x0 + rng.uniform(min_side, 30, num), y0 + rng.uniform(min_side, 25, num)], 1)
+  return masks, boxes.astype(np.float32)
+
+
+def test_matches_torchvision_paste_masks_in_image():
+  image_hw = (37, 45)
+  masks, boxes = _random_masks_and_boxes(0, min_side=16)
   boxes[2] = [10.0, 12.0, 10.4, 12.3]  # smaller than a pixel
   boxes[0] = [3.0, 4.0, 3.0, 4.0]  # empty box
   boxes[1] = [-10.0, -10.0, 60.0, 50.0]  # covers the whole image
@@ -111,12 +117,8 @@ def _detectron2_paste(masks, boxes, img_h, img_w):
 
 
 def test_aligned_matches_detectron2_paste():
-  rng = np.random.default_rng(1)
-  num, image_hw = 12, (37, 45)
-  masks = rng.uniform(size=(num, 28, 28)).astype(np.float32)
-  x0 = rng.uniform(-15, 40, num)
-  y0 = rng.uniform(-15, 30, num)
-  boxes = np.stack([x0, y0, x0 + rng.uniform(0.5, 30, num), y0 + rng.uniform(0.5, 25, num)], 1).astype(np.float32)
+  image_hw = (37, 45)
+  masks, boxes = _random_masks_and_boxes(1, min_side=0.5)
   boxes[2] = [10.0, 12.0, 10.4, 12.3]  # smaller than a pixel
   boxes[1] = [-10.0, -10.0, 60.0, 50.0]  # covers the whole image
   out = paste(jnp.asarray(masks), jnp.asarray(boxes), canvas_hw=image_hw, aligned=True)
