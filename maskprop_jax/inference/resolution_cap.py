@@ -38,25 +38,17 @@ MASKS_PER_CALL = 64  # masks go through the jitted paths this many at a time: on
 
 
 @functools.partial(jax.jit, static_argnames=("stride", "mask_size", "aligned"))
-def _represent(masks: jax.Array, image_hw: jax.Array, *, stride: int, mask_size: int,
+def _represent(masks: jax.Array, boxes: jax.Array, image_hw: jax.Array, *, stride: int, mask_size: int,
                aligned: bool) -> tuple[jax.Array, jax.Array]:
-  """Ground-truth masks [N, H, W] on the padded network input -> (grid, center) soft masks on the mask grid."""
+  """Ground-truth masks [N, H, W] on the padded network input and their tight boxes [N, 4] -> (grid, center) soft
+  masks on the mask grid."""
   grid = propagation.downsample_masks(masks, stride)
-  boxes = jax.vmap(_tight_box)(masks)  # [N, 4]
   hw = jnp.broadcast_to(image_hw, (masks.shape[0], 2))
   first_gt = jnp.zeros((masks.shape[0], 1), jnp.int32)  # each mask is its own box's only ground truth
   targets = roi_targets.project_masks_on_boxes(masks[:, None], boxes[:, None], first_gt, hw, mask_size,
                                                aligned=aligned)[:, 0]  # [N, M, M]
   pasted = paste_masks.paste_masks_in_image(targets, boxes, masks.shape[1:], image_hw, aligned=aligned)
   return grid, propagation.downsample_masks(pasted, stride)
-
-
-def _tight_box(mask: jax.Array) -> jax.Array:
-  """augment.mask_box in jnp: (x0, y0, x1, y1) with exclusive x1, y1 of a nonempty mask [H, W]."""
-  rows, cols = jnp.any(mask > 0, axis=1), jnp.any(mask > 0, axis=0)
-  first = lambda present: jnp.argmax(present)  # noqa: E731
-  last = lambda present: present.shape[0] - jnp.argmax(present[::-1])  # noqa: E731
-  return jnp.stack([first(cols), first(rows), last(cols), last(rows)]).astype(jnp.float32)
 
 
 def video_masks(config: ml_collections.ConfigDict, video: ytvis_json.Video, tracks: list[list[np.ndarray | None]]
@@ -74,10 +66,12 @@ def video_masks(config: ml_collections.ConfigDict, video: ytvis_json.Video, trac
   for start in range(0, len(present), MASKS_PER_CALL):
     chunk = present[start:start + MASKS_PER_CALL]
     canvas[:] = 0.0
+    boxes = np.zeros((MASKS_PER_CALL, 4), np.float32)
     for i, (t, f) in enumerate(chunk):
       canvas[i, :len(rows), :len(cols)] = tracks[t][f][rows[:, None], cols[None, :]]
-    soft = _represent(jnp.asarray(canvas), jnp.asarray(geometry.resized_hw, jnp.int32), stride=stride,
-                      mask_size=2 * config.model.detector.roi_heads.mask_output_size,
+      boxes[i] = augment.mask_box(canvas[i])
+    soft = _represent(jnp.asarray(canvas), jnp.asarray(boxes), jnp.asarray(geometry.resized_hw, jnp.int32),
+                      stride=stride, mask_size=2 * config.model.detector.roi_heads.mask_output_size,
                       aligned=bool(config.model.detector.roi_heads.aligned))
     for path, masks in zip(PATHS, soft):
       masks = np.asarray(masks)[:, :geometry.mask_hw[0], :geometry.mask_hw[1]]

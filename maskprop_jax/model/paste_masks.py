@@ -32,6 +32,13 @@ def expand_boxes(boxes: jax.Array, scale: float) -> jax.Array:
   return jnp.stack([center_x - half_w, center_y - half_h, center_x + half_w, center_y + half_h], axis=-1)
 
 
+def _two_taps(low: jax.Array, high: jax.Array, frac: jax.Array, source_size: int) -> jax.Array:
+  """Bilinear weights [..., out, source]: 1 - frac on source cell `low`, frac on `high` ([..., out] each)."""
+  taps = jnp.arange(source_size, dtype=jnp.int32)
+  return (jnp.where(taps == low[..., None], 1.0 - frac[..., None], 0.0)
+          + jnp.where(taps == high[..., None], frac[..., None], 0.0))
+
+
 def placement_weights(start: jax.Array, end: jax.Array, source_size: int, out_size: int,
                       limit: jax.Array) -> jax.Array:
   """Bilinear resize of `source_size` samples onto image pixels start..end (inclusive), along one axis.
@@ -55,10 +62,7 @@ def placement_weights(start: jax.Array, end: jax.Array, source_size: int, out_si
   low = jnp.minimum(jnp.floor(source).astype(jnp.int32), source_size - 1)
   high = jnp.where(low < source_size - 1, low + 1, low)
   frac = source - low.astype(jnp.float32)
-  taps = jnp.arange(source_size, dtype=jnp.int32)
-  weight = (jnp.where(taps == low[..., None], 1.0 - frac[..., None], 0.0)
-            + jnp.where(taps == high[..., None], frac[..., None], 0.0))  # [..., out, source]
-  return jnp.where(inside[..., None], weight, 0.0)
+  return jnp.where(inside[..., None], _two_taps(low, high, frac, source_size), 0.0)
 
 
 def aligned_placement_weights(start: jax.Array, end: jax.Array, source_size: int, out_size: int,
@@ -82,9 +86,8 @@ def aligned_placement_weights(start: jax.Array, end: jax.Array, source_size: int
   low = jnp.floor(source)
   frac = source - low
   low = low.astype(jnp.int32)
-  taps = jnp.arange(source_size, dtype=jnp.int32)
-  weight = (jnp.where(taps == low[..., None], 1.0 - frac[..., None], 0.0)
-            + jnp.where(taps == low[..., None] + 1, frac[..., None], 0.0))  # [..., out, source]
+  # Taps beyond the mask (low -1, high M) match no source cell: grid_sample's zero padding.
+  weight = _two_taps(low, low + 1, frac, source_size)
   inside = (jnp.arange(out_size) < jnp.asarray(limit)[..., None]) & (length > 0)
   return jnp.where(inside[..., None], weight, 0.0)
 
