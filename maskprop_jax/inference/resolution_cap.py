@@ -28,7 +28,8 @@ import numpy as np
 
 from maskprop_jax import files, rle
 from maskprop_jax.data import augment
-from maskprop_jax.evaluation import diagnose, evaluate, ytvis_json
+from maskprop_jax import evaluation
+from maskprop_jax.evaluation import diagnose, ytvis_json
 from maskprop_jax.linking.frames import Binarizer
 from maskprop_jax.linking.iou import mask_iou
 from maskprop_jax.model import maskprop, paste_masks, propagation, roi_targets
@@ -83,22 +84,20 @@ def video_masks(config: ml_collections.ConfigDict, video: ytvis_json.Video, trac
 def measure(config: ml_collections.ConfigDict, annotations: str | dict[str, Any]) -> dict[str, Any]:
   """{path: {"stats": the 12 stats, "iou_by_size": {size group: mean per-frame IoU}}} for an annotation file (a
   path or its parsed dict)."""
-  content = ytvis_json.read(annotations, "ground-truth")
-  if not content.annotations:
-    raise SystemExit(f"{annotations}: no annotations to pass through the representation")
-  by_video: dict[int, list[ytvis_json.Annotation]] = {}
-  for annotation in content.annotations:
-    by_video.setdefault(annotation.video.id, []).append(annotation)
+  ground_truth = evaluation.load_ground_truth(annotations)  # read and checked once, scored twice
+  if not ground_truth.tracks:
+    raise SystemExit(f"{ground_truth.source}: no annotations to pass through the representation")
+  by_video: dict[int, list[evaluation.Track]] = {}
+  for track in ground_truth.tracks:
+    by_video.setdefault(track.video_id, []).append(track)
   results: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
   ious: dict[str, list[tuple[float, float]]] = {path: [] for path in PATHS}  # (area, IoU) per present frame
-  for video_id, annotations_here in by_video.items():
-    video = annotations_here[0].video
-    truth = [[None if r is None else rle.decode(r).astype(bool) for r in
-              rle.track_to_compressed(a.segmentations, video.height, video.width, a.frame_where)]
-             for a in annotations_here]
+  for video_id, tracks_here in by_video.items():
+    video = ground_truth.videos[video_id]
+    truth = [[None if r is None else rle.decode(r).astype(bool) for r in track.rles] for track in tracks_here]
     for path, tracks in video_masks(config, video, truth).items():
-      for annotation, masks, true_masks in zip(annotations_here, tracks, truth):
-        results[path].append(dict(video_id=video_id, category_id=annotation.category_id, score=1.0,
+      for gt_track, masks, true_masks in zip(tracks_here, tracks, truth):
+        results[path].append(dict(video_id=video_id, category_id=gt_track.category_id, score=1.0,
                                   segmentations=masks))
         for mask, true_mask in zip(masks, true_masks):
           if true_mask is not None and true_mask.any():
@@ -108,7 +107,8 @@ def measure(config: ml_collections.ConfigDict, annotations: str | dict[str, Any]
   for path in PATHS:
     areas, values = np.asarray(ious[path]).T
     groups = diagnose.size_groups(areas)
-    report[path] = dict(stats=evaluate(annotations, results[path]),
+    stats = evaluation.evaluate_tracks(ground_truth, evaluation.load_results(results[path], ground_truth))
+    report[path] = dict(stats=stats,
                         iou_by_size={name: float(values[groups == k].mean()) if np.any(groups == k) else None
                                      for k, name in enumerate(diagnose.SIZE_NAMES)})
   return report

@@ -117,15 +117,14 @@ def paste_masks_in_image(
   """
   height, width = canvas_hw
   image_hw = jnp.asarray(canvas_hw if image_hw is None else image_hw, jnp.int32)
+  masks, boxes = masks.astype(jnp.float32), boxes.astype(jnp.float32)
   if aligned:
-    boxes = boxes.astype(jnp.float32)
-    rows = aligned_placement_weights(boxes[..., 1], boxes[..., 3], masks.shape[-2], height, image_hw[..., 0])
-    cols = aligned_placement_weights(boxes[..., 0], boxes[..., 2], masks.shape[-1], width, image_hw[..., 1])
-    return jnp.einsum("...yi,...ij,...xj->...yx", rows, masks.astype(jnp.float32), cols,
-                      precision=jax.lax.Precision.HIGHEST)
-  size = masks.shape[-1]
-  padded = jnp.pad(masks.astype(jnp.float32), [(0, 0)] * (masks.ndim - 2) + [(padding, padding)] * 2)
-  boxes = expand_boxes(boxes.astype(jnp.float32), (size + 2 * padding) / size).astype(jnp.int32)  # truncates
-  rows = placement_weights(boxes[..., 1], boxes[..., 3], size + 2 * padding, height, image_hw[..., 0])
-  cols = placement_weights(boxes[..., 0], boxes[..., 2], size + 2 * padding, width, image_hw[..., 1])
-  return jnp.einsum("...yi,...ij,...xj->...yx", rows, padded, cols, precision=jax.lax.Precision.HIGHEST)
+    weights = aligned_placement_weights
+  else:
+    size = masks.shape[-1]
+    masks = jnp.pad(masks, [(0, 0)] * (masks.ndim - 2) + [(padding, padding)] * 2)
+    boxes = expand_boxes(boxes, (size + 2 * padding) / size).astype(jnp.int32)  # truncates
+    weights = placement_weights
+  rows = weights(boxes[..., 1], boxes[..., 3], masks.shape[-2], height, image_hw[..., 0])
+  cols = weights(boxes[..., 0], boxes[..., 2], masks.shape[-1], width, image_hw[..., 1])
+  return jnp.einsum("...yi,...ij,...xj->...yx", rows, masks, cols, precision=jax.lax.Precision.HIGHEST)
