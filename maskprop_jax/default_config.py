@@ -82,5 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
       mask_scoring=False, clip_prior=0.0,
       # An object hidden for up to reid_max_gap frames keeps its track when it reappears within reid_distance
       # object sizes of where its motion leads, with the same class (0: off, as in the paper).
-      reid_max_gap=0, reid_distance=2.0))
+      reid_max_gap=0, reid_distance=2.0,
+      # Masks drawn on boxes (Mask R-CNN's on a clip's center frame, a propagation refiner's windows) reach the
+      # results at the video's resolution, pasted from their M x M cells as torchvision pastes a detection
+      # (linking/frames.py); False: every mask through the mask grid (stride model.propagation's), as before.
+      full_resolution_masks=True))
   return config

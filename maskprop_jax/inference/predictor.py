@@ -22,7 +22,7 @@ from flax import nnx
 
 from maskprop_jax import linking
 from maskprop_jax.linking import iou as linking_iou
-from maskprop_jax.model import maskprop, propagation
+from maskprop_jax.model import maskprop, propagation, propagation_refiner, transform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +34,17 @@ class ClipSettings:
   clip_stride: int  # s: clips are centred at frames 0, s, 2s, ...
   score_thresh: float  # least detection score of a clip track
   duplicate_iou: float  # a center-frame detection overlapping a better one more than this is dropped
+  # Box-relative masks (the center frame's, refined windows) go to linking to be pasted at the video's resolution.
+  full_resolution_masks: bool = True
   link: linking.LinkSettings = linking.LinkSettings()
 
   @classmethod
   def from_config(cls, config) -> "ClipSettings":
+    """The settings of `config.inference`; full_resolution_masks, missing from run configs saved before it
+    existed, keeps its default there."""
     c = config.inference
-    own = {field.name: c[field.name] for field in dataclasses.fields(cls) if field.name != "link"}
+    own = {field.name: c[field.name] for field in dataclasses.fields(cls)
+           if field.name != "link" and (field.name in c or field.default is dataclasses.MISSING)}
     return cls(**own, link=linking.LinkSettings.from_config(config))
 
 
@@ -159,9 +164,11 @@ def detect(graphdef: nnx.GraphDef, state: nnx.State, features: list[jax.Array], 
 @functools.partial(jax.jit, static_argnums=0)
 def propagate(graphdef: nnx.GraphDef, state: nnx.State, center: propagation.FrameTerms, masks: jax.Array,
               references: tuple[propagation.FrameTerms, ...],
-              reference_inputs: tuple[jax.Array, ...] | None = None) -> jax.Array:
-  """Probabilities [L, D, h, w] of the center's masks [1, D, h, w] in L reference frames (one program per L);
-  reference_inputs: their normalised inputs [1, H, W, 3] each, for a propagation refiner (None without one)."""
+              reference_inputs: tuple[jax.Array, ...] | None = None
+              ) -> tuple[jax.Array, propagation_refiner.Windows | None]:
+  """Probabilities [L, D, h, w] of the center's masks [1, D, h, w] in L reference frames (one program per L), and
+  a propagation refiner's windows (None without one); reference_inputs: their normalised inputs [1, H, W, 3] each,
+  for a propagation refiner (None without one)."""
   stacked = jax.tree.map(lambda *frames: jnp.concatenate(frames), *references)
   inputs = None if reference_inputs is None else jnp.concatenate(reference_inputs)
   return nnx.merge(graphdef, state).propagate(center, masks, stacked, inputs)
@@ -224,13 +231,36 @@ class VideoPredictor:
     probs = np.empty((clip.stop - clip.start, keep.size) + center_masks.shape[1:], np.float32)  # [L, K, h, w]
     probs[clip.center - clip.start] = center_masks[keep]
     references = clip.references()
+    windows = None
     if references:
       inputs = tuple(clip.features[f].inputs for f in references) if self.model.refines_propagation else None
-      propagated = timer.time("propagation", propagate, self._graphdef, self._state, center.terms,
-                              slot_masks[None], tuple(clip.features[f].terms for f in references), inputs)
+      propagated, windows = timer.time("propagation", propagate, self._graphdef, self._state, center.terms,
+                                       slot_masks[None], tuple(clip.features[f].terms for f in references), inputs)
       probs[np.asarray(references) - clip.start] = np.asarray(propagated)[:, :keep.size]
     mask_h, mask_w = geometry.mask_hw
     probs = probs[:, :, :mask_h, :mask_w]  # the part of the canvas the image covers
+    box_masks = [{} for _ in keep]
+    if s.full_resolution_masks:
+      self._add_box_masks(box_masks, clip.center, np.asarray(detections.box_masks[0])[keep],
+                          np.asarray(detections.boxes[0])[keep], geometry,
+                          bool(self.model.config.detector.roi_heads.aligned))
+      if windows is not None:
+        windows = jax.tree.map(lambda x: np.asarray(x)[:, :keep.size], windows)
+        for row, frame in enumerate(references):
+          self._add_box_masks(box_masks, frame, windows.probs[row], windows.boxes[row], geometry, aligned=True,
+                              valid=windows.valid[row])
     class_probs = np.asarray(detections.class_probs[0])
-    return [linking.ClipTrack(start=clip.start, masks=probs[:, k], class_probs=class_probs[d], center=clip.center)
+    return [linking.ClipTrack(start=clip.start, masks=probs[:, k], class_probs=class_probs[d], center=clip.center,
+                              box_masks=box_masks[k])
             for k, d in enumerate(keep)]
+
+  @staticmethod
+  def _add_box_masks(box_masks: list[dict[int, linking.BoxMask]], frame: int, probs: np.ndarray,
+                     boxes: np.ndarray, geometry: maskprop.InputGeometry, aligned: bool,
+                     valid: np.ndarray | None = None) -> None:
+    """Adds to each kept instance's box masks its mask on `frame`: probs [K, M, M] on boxes [K, 4] in pixels of
+    the network's input, scaled to the video's pixels as torchvision's postprocess scales a detection's box."""
+    video_boxes = transform.resize_boxes(boxes, geometry.resized_hw, geometry.video_hw, xp=np)
+    for k in range(probs.shape[0]):
+      if valid is None or valid[k]:
+        box_masks[k][frame] = linking.BoxMask(probs[k], video_boxes[k], aligned)

@@ -182,8 +182,9 @@ def measure_video(model: maskprop.MaskProp, video: video_reader.VideoFrames, tra
       center_masks = np.zeros((TRACK_SLOTS,) + video_hw, np.uint8)
       center_masks[:len(group)] = [gt[k][center] for k in group]
       grid = _grid_masks(jnp.asarray(center_masks), geometry, model.mask_stride)  # [S, h', w']
-      probs = np.asarray(predictor.propagate(graphdef, state, clip.features[center].terms, grid[None],
-                                             reference_terms, reference_inputs))  # [L, S, h', w']
+      probs, _ = predictor.propagate(graphdef, state, clip.features[center].terms, grid[None], reference_terms,
+                                     reference_inputs)
+      probs = np.asarray(probs)  # [L, S, h', w']
       copy_grid = upsample(np.asarray(grid))  # [S, H, W]
       propagated = upsample(probs[:, :len(group)])  # [L, S', H, W]
       for slot, k in enumerate(group):

@@ -1,15 +1,42 @@
-"""Finishing a frame of a video track: its soft mask upsampled to the video's size, thresholded, RLE-encoded.
+"""Finishing a frame of a video track: its soft mask made at the video's size, thresholded, RLE-encoded.
 
-The upsampling is the network's own bilinear rule (maskprop_jax.bilinear), computed only on the rows and columns
-where the result can reach the threshold, and the RLE is built from that patch alone (rle.encode_patch): the
-cost follows the object's size, not the frame's.
+A frame's mask is the weighted mean of what its clip tracks drew on it, each in its own form:
+  - a soft mask on the mask grid (the propagation branch's output), upsampled by the network's own bilinear rule
+    (maskprop_jax.bilinear);
+  - a box-relative M x M mask (BoxMask: Mask R-CNN's mask of a clip's center frame, a refined window of a
+    propagated one), pasted at the video's resolution by its paste rule (maskprop_jax.paste), as torchvision's
+    postprocess pastes a detection into the original image. A mask grid of stride 4 or 8 at the network's input
+    is 8 to 16 pixels of a 720p frame; a box's 28 cells follow the object's size instead.
+Both are computed only on the rows and columns where the result can reach the threshold, and the RLE is built
+from that patch alone (rle.encode_patch): the cost follows the object's size, not the frame's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
-from maskprop_jax import rle
+from maskprop_jax import paste, rle
 from maskprop_jax.bilinear import bilinear_matrix, bilinear_taps
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxMask:
+  """A soft mask drawn on a box of a frame."""
+
+  probs: np.ndarray  # float32 [M, M] probabilities over the box
+  box: np.ndarray  # float32 [4] x0, y0, x1, y1 in pixels of the video
+  aligned: bool  # pasted by detectron2's rule (a pixel centre sampled in the float box) or torchvision's
+
+  def pasted(self, video_hw: tuple[int, int]) -> tuple[np.ndarray, int, int] | None:
+    """(the pasted probabilities on the rows and columns the box reaches, first row, first column), or None
+    where the box reaches no pixel of the video."""
+    probs, rows, cols = paste.paste_weights(self.probs, self.box, video_hw, video_hw, aligned=self.aligned)
+    row_span, col_span = np.flatnonzero(rows.any(-1)), np.flatnonzero(cols.any(-1))
+    if row_span.size == 0 or col_span.size == 0:
+      return None
+    r0, r1, c0, c1 = row_span[0], row_span[-1] + 1, col_span[0], col_span[-1] + 1
+    return rows[r0:r1] @ probs @ cols[c0:c1].T, int(r0), int(c0)
 
 
 class _Axis:
@@ -54,5 +81,35 @@ class Binarizer:
     c0, c1 = self.cols.outputs_reading(cols_in.min(), cols_in.max())
     sr0, sr1 = self.rows.inputs_of(r0, r1)
     sc0, sc1 = self.cols.inputs_of(c0, c1)
-    patch = self.rows.weights[r0:r1, sr0:sr1] @ soft[sr0:sr1, sc0:sc1] @ self.cols.weights[c0:c1, sc0:sc1].T
-    return rle.encode_patch(patch >= self.threshold, r0, c0, self.video_hw)
+    return rle.encode_patch(self._upsampled(soft, r0, r1, c0, c1) >= self.threshold, r0, c0, self.video_hw)
+
+  def _upsampled(self, soft: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Rows r0..r1-1 and columns c0..c1-1 of `soft` upsampled to the video's size."""
+    sr0, sr1 = self.rows.inputs_of(r0, r1)
+    sc0, sc1 = self.cols.inputs_of(c0, c1)
+    return self.rows.weights[r0:r1, sr0:sr1] @ soft[sr0:sr1, sc0:sc1] @ self.cols.weights[c0:c1, sc0:sc1].T
+
+  def compose(self, grid_sum: np.ndarray | None, box_parts: list[tuple[float, BoxMask]],
+              total_weight: float) -> dict | None:
+    """RLE of the mean (upsampled grid_sum [h, w] + the sum of weight * pasted box mask) / total_weight at the
+    threshold: a frame's mask made of soft masks on the grid (their weighted sum, or None) and of box masks.
+
+    Outside every box the mean is the grid part's alone, so it reaches the threshold only where grid_sum / total_weight
+    does on a cell it reads (as in __call__); inside, it is computed in full.
+    """
+    patches = [(weight, part) for weight, mask in box_parts if (part := mask.pasted(self.video_hw)) is not None]
+    spans = [(top, top + patch.shape[0], left, left + patch.shape[1]) for _, (patch, top, left) in patches]
+    if grid_sum is not None:
+      rows_in, cols_in = np.nonzero(grid_sum / total_weight >= self.threshold)
+      if rows_in.size:
+        spans.append(self.rows.outputs_reading(rows_in.min(), rows_in.max())
+                     + self.cols.outputs_reading(cols_in.min(), cols_in.max()))
+    if not spans:
+      return None
+    r0, r1 = min(s[0] for s in spans), max(s[1] for s in spans)
+    c0, c1 = min(s[2] for s in spans), max(s[3] for s in spans)
+    total = (self._upsampled(grid_sum, r0, r1, c0, c1) if grid_sum is not None
+             else np.zeros((r1 - r0, c1 - c0), np.float32))
+    for weight, (patch, top, left) in patches:
+      total[top - r0:top - r0 + patch.shape[0], left - c0:left - c0 + patch.shape[1]] += weight * patch
+    return rle.encode_patch(total / total_weight >= self.threshold, r0, c0, self.video_hw)

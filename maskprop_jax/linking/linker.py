@@ -8,7 +8,10 @@ starts a new one.
 
 A video track's mask on a frame is the mean of the soft masks its clip tracks put on that frame, optionally
 weighted by exp(-|f - c| / temporal_decay) for a clip centred at frame c: a mask the detector drew on the frame
-itself counts more than one carried there over several frames.
+itself counts more than one carried there over several frames. Matching reads every mask on the mask grid; the
+finished frame takes each at the finest form its clip track has it in: a box-relative mask (ClipTrack.box_masks:
+Mask R-CNN's on the center frame, a refined window on the others) is pasted at the video's resolution
+(frames.Binarizer.compose).
 
 An object hidden for longer than a clip window leaves no overlap to link on: with `reid_max_gap` > 0, a clip
 track that matched nothing may instead continue a track that has shown nothing for at most that many frames, of
@@ -38,7 +41,7 @@ import math
 import numpy as np
 from scipy import optimize
 
-from maskprop_jax.linking.frames import Binarizer
+from maskprop_jax.linking.frames import Binarizer, BoxMask
 from maskprop_jax.linking.iou import EMPTY_UNION, intersection_union
 
 # Finished frames with a mask whose centroids give a track's velocity for re-identification.
@@ -55,12 +58,15 @@ class ClipTrack:
     class_probs: float32 [C] class probabilities over the C foreground categories (contiguous labels 1..C map
       to indices 0..C-1).
     center: index in the video of the frame the instance was detected on (start <= center < start + L).
+    box_masks: video frame index -> the frame's mask drawn on a box (frames.BoxMask), for the frames that have one
+      (`masks` holds them too, on the grid, for matching); the finished frame pastes it at the video's resolution.
   """
 
   start: int
   masks: np.ndarray
   class_probs: np.ndarray
   center: int
+  box_masks: dict[int, BoxMask] = dataclasses.field(default_factory=dict)
 
   @property
   def stop(self) -> int:
@@ -86,6 +92,10 @@ class _LiveTrack:
     self.temporal_decay = temporal_decay
     self.mask_sum: dict[int, np.ndarray] = {}  # frame -> float32 [h * w], weighted
     self.mask_count: dict[int, float] = {}  # frame -> sum of the weights
+    # What a finished frame is made of where some clip track drew it on a box: the weighted box masks, and the
+    # weighted sum of the grid masks of the clip tracks that did not (absent where every one did).
+    self.box_parts: dict[int, list[tuple[float, BoxMask]]] = {}
+    self.grid_only_sum: dict[int, np.ndarray] = {}
     self.class_prob_sum = np.zeros([num_classes], np.float64)
     self.num_clips = 0
     self.maskness_sum = 0.0  # over finished frames with a mask: mean probability of the pixels it sets
@@ -119,6 +129,13 @@ class _LiveTrack:
       else:
         self.mask_sum[frame] = weight * flat_masks[offset]
         self.mask_count[frame] = weight
+      box_mask = clip.box_masks.get(frame)
+      if box_mask is not None:
+        self.box_parts.setdefault(frame, []).append((weight, box_mask))
+      elif frame in self.grid_only_sum:
+        self.grid_only_sum[frame] += weight * flat_masks[offset]
+      else:
+        self.grid_only_sum[frame] = weight * flat_masks[offset]
     self.class_prob_sum += clip.class_probs
     self.num_clips += 1
 
@@ -284,6 +301,9 @@ class TrackLinker:
                        f"0..{self.num_frames - 1}")
     if not track.start <= track.center < track.stop:
       raise ValueError(f"clip center {track.center} is outside its window {track.start}..{track.stop - 1}")
+    if any(not track.start <= frame < track.stop for frame in track.box_masks):
+      raise ValueError(f"box masks on frames {sorted(track.box_masks)} reach beyond the clip window "
+                       f"{track.start}..{track.stop - 1}")
     if track.class_probs.shape != (self.num_classes,):
       raise ValueError(f"class_probs must be [{self.num_classes}], got {track.class_probs.shape}")
 
@@ -318,9 +338,16 @@ class TrackLinker:
         total = live.mask_sum.pop(frame, None)
         if total is None:
           continue
-        soft = total.reshape(self.mask_hw) / live.mask_count.pop(frame)
+        count = live.mask_count.pop(frame)
+        soft = total.reshape(self.mask_hw) / count
         ys, xs = np.nonzero(soft >= self.settings.mask_threshold)
-        live.segmentations[frame] = self._binarize.from_pixels(soft, ys, xs)
+        grid_only = live.grid_only_sum.pop(frame, None)
+        box_parts = live.box_parts.pop(frame, None)
+        if box_parts is None:
+          live.segmentations[frame] = self._binarize.from_pixels(soft, ys, xs)
+        else:
+          grid_only = None if grid_only is None else grid_only.reshape(self.mask_hw)
+          live.segmentations[frame] = self._binarize.compose(grid_only, box_parts, count)
         if ys.size:
           live.maskness_sum += float(soft[ys, xs].mean())
           live.masked_frames += 1

@@ -57,6 +57,7 @@ class ClipDetections(NamedTuple):
   class_probs: jax.Array  # [1, D, C] score on the label's entry (what linking averages over clips)
   masks: jax.Array  # [1, D, h, w] mask probabilities on the mask grid (the propagation output's stride)
   valid: jax.Array  # [1, D]
+  box_masks: jax.Array  # [1, D, M, M] the label's box-relative mask probabilities on `boxes`, `masks` pasted from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,15 +157,18 @@ class MaskProp(nnx.Module):
     class_probs = jax.nn.one_hot(det.labels - 1, self.num_classes) * det.scores[..., None]
     masks = self.instance_masks(det.masks, det.boxes, image_hw, canvas_hw)
     return ClipDetections(det.boxes, det.scores, det.labels, jnp.where(det.valid[..., None], class_probs, 0.0),
-                          jnp.where(det.valid[..., None, None], masks, 0.0), det.valid)
+                          jnp.where(det.valid[..., None, None], masks, 0.0), det.valid,
+                          jnp.where(det.valid[..., None, None], det.masks, 0.0))
 
   def frame_terms(self, features: list[jax.Array]) -> propagation.FrameTerms:
     """What propagation needs of these frames alone (FPN levels [N, h, w, C]); computed once per frame."""
     return self.propagation.frame_terms(features[self.propagation_level])
 
   def propagate(self, center: propagation.FrameTerms, masks: jax.Array, references: propagation.FrameTerms,
-                reference_inputs: jax.Array | None = None) -> jax.Array:
-    """Mask probabilities [L, D, h, w] of the center frame's instances in each of L reference frames.
+                reference_inputs: jax.Array | None = None
+                ) -> tuple[jax.Array, propagation_refiner.Windows | None]:
+    """Mask probabilities [L, D, h, w] of the center frame's instances in each of L reference frames, and, with a
+    propagation refiner, the refined windows they were sampled from (None without one).
 
     center: the center frame's terms (batch 1); masks: [1, D, h, w] on the mask grid; references: the terms of
     L frames (batch L). (h, w) = upsample * the features' (h', w'). reference_inputs: the L frames' normalised
@@ -172,12 +176,13 @@ class MaskProp(nnx.Module):
     """
     logits, fg_logits = self.propagation.from_frame_terms(center, self.feature_grid_masks(masks), references)
     probs = propagation.mask_probabilities(logits, fg_logits)
+    windows = None
     for refiner in self.propagation_refiner:
       if reference_inputs is None:
         raise ValueError("propagation.refine_layers is set: propagation needs the reference frames' inputs")
-      probs = propagation_refiner.refine(refiner, probs, reference_inputs, references.features, self.mask_stride,
-                                         self.stride)
-    return probs
+      probs, windows = propagation_refiner.refine(refiner, probs, reference_inputs, references.features,
+                                                  self.mask_stride, self.stride)
+    return probs, windows
 
 
 def compute_losses(model: MaskProp, batch: dict[str, jax.Array],

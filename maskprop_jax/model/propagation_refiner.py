@@ -5,7 +5,7 @@ A propagated mask comes out of features of stride 4 or more: its outline is righ
 For each (reference frame, instance) the refiner takes a window around the mask (its support at probability 0.5,
 widened by MARGIN of its size and one mask cell on each side), pools on a SIZE x SIZE grid of that window
 
-  - the propagated probability (as a logit), the reference frame's propagation-level features and its normalised
+  - the propagated probability (as the logit of the pooled probability), the reference frame's propagation-level features and its normalised
     pixels (the image at stride 1),
 
 runs the image-guided refiner (mask_refiner.ImageMaskRefiner, one output channel) and adds its residual to the
@@ -18,6 +18,8 @@ the center masks enter propagation.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -27,7 +29,7 @@ from maskprop_jax.model.mask_refiner import IMAGE_SAMPLING_RATIO, ImageMaskRefin
 SIZE = 28  # the window's grid, as Mask R-CNN's masks
 MARGIN = 0.25  # the window reaches this share of the mask's height and width beyond its support on each side
 THRESHOLD = 0.5  # the support of a mask: its pixels at or above this probability
-_LOGIT_CLIP = 1e-4  # probabilities enter as logits of p clipped to [eps, 1 - eps]
+_LOGIT_CLIP = 1e-4  # pooled probabilities enter as logits of p clipped to [eps, 1 - eps]
 
 
 def support_windows(probs: jax.Array, stride: int) -> tuple[jax.Array, jax.Array]:
@@ -86,24 +88,37 @@ def window_logits(refiner: ImageMaskRefiner, probs: jax.Array, boxes: jax.Array,
   """Refined box-relative logits [N, I, SIZE, SIZE] of masks probs [N, I, h, w] (mask grid of `mask_stride`) in
   windows boxes [N, I, 4], from the frames' normalised inputs [N, H, W, 3] and features [N, H/s, W/s, C]."""
   batch, num_masks = probs.shape[:2]
-  eps = _LOGIT_CLIP
-  logits = jnp.log(jnp.clip(probs, eps, 1 - eps)) - jnp.log(jnp.clip(1 - probs, eps, 1 - eps))
-  # Each instance's logit map is its own "image": pooled with a batch index per (frame, instance).
-  flat = logits.reshape(batch * num_masks, *probs.shape[2:], 1)  # [N * I, h, w, 1]
-  pooled_logit = _pool(flat, boxes.reshape(batch * num_masks, 1, 4), 1.0 / mask_stride)  # [N * I, S, S, 1]
+  # Each instance's mask is its own "image": pooled with a batch index per (frame, instance). Probabilities are
+  # pooled, then made logits: pooled logits would erode every outline (a bin half on a 0.9 cell, half on a 1e-4
+  # one averages to a logit of -3.5), by up to a pixel of the input once linking pastes the window at the video's
+  # resolution.
+  flat = probs.reshape(batch * num_masks, *probs.shape[2:], 1)  # [N * I, h, w, 1]
+  pooled = jnp.clip(_pool(flat, boxes.reshape(batch * num_masks, 1, 4), 1.0 / mask_stride), _LOGIT_CLIP,
+                    1 - _LOGIT_CLIP)  # [N * I, S, S, 1]
+  pooled_logit = jnp.log(pooled) - jnp.log(1 - pooled)
   pooled_features = _pool(features, boxes, 1.0 / feature_stride)  # [N * I, S, S, C]
   pixels = _pool(inputs, boxes, 1.0)  # [N * I, S, S, 3]
   residual = refiner(jnp.concatenate([pooled_logit, pooled_features], axis=-1), pixels)[..., 0]
   return (pooled_logit[..., 0] + residual).reshape(batch, num_masks, SIZE, SIZE)
 
 
+class Windows(NamedTuple):
+  """The refined masks as the refiner made them: box-relative, finer than the mask grid for objects bigger than
+  SIZE grid cells (linking pastes them at the video's resolution, as a box mask with the aligned rule)."""
+
+  probs: jax.Array  # [N, I, SIZE, SIZE] refined probabilities on each window
+  boxes: jax.Array  # [N, I, 4] the windows (x0, y0, x1, y1) in input pixels
+  valid: jax.Array  # [N, I] whether the mask had a window (a pixel at THRESHOLD); where not, it is unrefined
+
+
 def refine(refiner: ImageMaskRefiner, probs: jax.Array, inputs: jax.Array, features: jax.Array,
-           mask_stride: int, feature_stride: int) -> jax.Array:
-  """Refined probabilities [N, I, h, w] of propagated masks probs [N, I, h, w] (see window_logits)."""
+           mask_stride: int, feature_stride: int) -> tuple[jax.Array, Windows]:
+  """(refined probabilities [N, I, h, w] on the mask grid, the refined windows) of propagated masks probs
+  [N, I, h, w] (see window_logits)."""
   boxes, valid = support_windows(probs, mask_stride)
   box_probs = jax.nn.sigmoid(window_logits(refiner, probs, boxes, inputs, features, mask_stride, feature_stride))
   refined = sample_back(box_probs, boxes, probs.shape[-2:], mask_stride)
-  return jnp.where(valid[..., None, None], refined, probs)
+  return jnp.where(valid[..., None, None], refined, probs), Windows(box_probs, boxes, valid)
 
 
 def refine_loss(refiner: ImageMaskRefiner, probs: jax.Array, inputs: jax.Array, features: jax.Array,

@@ -108,15 +108,16 @@ def preprocess_image(
   return pad_to(resized, target_hw), out_hw
 
 
-def resize_boxes(boxes: jax.Array, from_hw, to_hw) -> jax.Array:  # [..., 4] -> [..., 4]
+def resize_boxes(boxes: jax.Array, from_hw, to_hw, xp=jnp) -> jax.Array:  # [..., 4] -> [..., 4]
   """torchvision's resize_boxes: x scaled by to_w / from_w and y by to_h / from_h, ratios in float32.
 
   `from_hw` / `to_hw` may be arrays ([..., 2], broadcast against the boxes' leading dims) for use under jit.
+  xp=numpy computes the same on the host (the clip loop's boxes, without a jax dispatch per clip).
   """
-  from_hw = jnp.asarray(from_hw, jnp.float32)
-  to_hw = jnp.asarray(to_hw, jnp.float32)
+  from_hw = xp.asarray(from_hw, xp.float32)
+  to_hw = xp.asarray(to_hw, xp.float32)
   ratio = to_hw / from_hw  # [..., 2] (h, w)
-  ratio_xyxy = jnp.stack([ratio[..., 1], ratio[..., 0], ratio[..., 1], ratio[..., 0]], axis=-1)
+  ratio_xyxy = xp.stack([ratio[..., 1], ratio[..., 0], ratio[..., 1], ratio[..., 0]], axis=-1)
   if ratio_xyxy.ndim > 1:
-    ratio_xyxy = jnp.expand_dims(ratio_xyxy, axis=tuple(range(ratio_xyxy.ndim - 1, boxes.ndim - 1)))
-  return boxes * ratio_xyxy
+    ratio_xyxy = xp.expand_dims(ratio_xyxy, axis=tuple(range(ratio_xyxy.ndim - 1, boxes.ndim - 1)))
+  return xp.asarray(boxes, xp.float32) * ratio_xyxy

@@ -1,5 +1,6 @@
 """Streaming clip inference: clip windows, a video shorter than one clip, memory bounded by the clip window."""
 
+import dataclasses
 import gc
 import tracemalloc
 
@@ -197,3 +198,34 @@ def test_cached_terms_and_skipped_frames_give_the_masks_of_the_padded_clip():
       np.testing.assert_allclose(track.masks, want, rtol=0, atol=5e-5)
       compared += 1
   assert compared >= num_frames  # every clip has tracks (zero score threshold)
+
+
+def test_center_frames_keep_mask_rcnns_box_mask_for_linking_to_paste_at_the_video_size(predictor):
+  """full_resolution_masks: each clip track carries the mask Mask R-CNN drew on its center frame (28x28 on the
+  box, the box scaled to the video's pixels as torchvision's postprocess scales it); off, none; the grid masks
+  that matching reads are the same either way."""
+  geometry = inference.maskprop.InputGeometry.for_video(predictor.model.config, VIDEO_HW)
+  timer = inference.Timer(sync=False)
+  graphdef, state = predictor._graphdef, predictor._state
+  plain = inference.VideoPredictor(predictor.model, dataclasses.replace(predictor.settings,
+                                                                        full_resolution_masks=False))
+  assert predictor.settings.full_resolution_masks
+
+  def features(frame):
+    return inference.frame_features_and_terms(graphdef, state, frame, geometry, timer)
+
+  clip = next(c for c in inference.video_clips(moving_square_frames(5), 5, VIDEO_HW, HALF_WINDOW, 1, features)
+              if c.center == 2)  # the cache drops frames once later clips no longer need them: take it live
+  detections = inference.detect(graphdef, state, clip.features[clip.center].levels,
+                                np.asarray([geometry.resized_hw], np.int32))
+  tracks, plain_tracks = predictor.clip_tracks(clip, geometry, timer), plain.clip_tracks(clip, geometry, timer)
+  assert tracks and len(tracks) == len(plain_tracks)
+  scale = np.array([VIDEO_HW[1], VIDEO_HW[0]] * 2, np.float32) / np.array(geometry.resized_hw[::-1] * 2, np.float32)
+  for track, plain_track in zip(tracks, plain_tracks):
+    np.testing.assert_array_equal(track.masks, plain_track.masks)
+    assert plain_track.box_masks == {} and list(track.box_masks) == [clip.center]
+    box_mask = track.box_masks[clip.center]
+    (d,) = [d for d in range(detections.box_masks.shape[1])
+            if np.array_equal(np.asarray(detections.box_masks[0, d]), box_mask.probs)]
+    np.testing.assert_allclose(box_mask.box, np.asarray(detections.boxes[0, d]) * scale, rtol=1e-6)
+    assert box_mask.aligned == bool(predictor.model.config.detector.roi_heads.aligned)

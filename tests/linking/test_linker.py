@@ -131,6 +131,35 @@ def test_masks_are_upsampled_to_the_video_size():
   assert_follows(tracks[0], path, 12, min_iou=0.7)
 
 
+def _box_mask(cy, cx, r=4.0):
+  """The disc drawn on a 28x28 box around it (detectron2's rule: cell centres spread over the box)."""
+  box = np.array([cx - r - 1, cy - r - 1, cx + r + 1, cy + r + 1], np.float32)
+  centres = (np.arange(28) + 0.5) / 28
+  ys, xs = box[1] + centres * (box[3] - box[1]), box[0] + centres * (box[2] - box[0])
+  inside = ((ys[:, None] - cy - 0.5) ** 2 + (xs[None, :] - cx - 0.5) ** 2) <= r * r
+  return linking.BoxMask(inside.astype(np.float32), box, aligned=True)
+
+
+def test_box_masks_are_pasted_at_the_video_size_and_matching_reads_the_grid():
+  path = lambda f: (12, 5 + f)
+  clips = clips_from_scene([path], 12, {0: 1})
+  coarse = [[linking.ClipTrack(t.start, t.masks[:, ::2, ::2], t.class_probs, t.center) for t in clip]
+            for clip in clips]
+  # Every clip track has its center frame's mask on a box too, as the predictor gives Mask R-CNN's.
+  boxed = [[linking.ClipTrack(t.start, t.masks, t.class_probs, t.center, {t.center: _box_mask(*path(t.center))})
+            for t in clip] for clip in coarse]
+  plain, = linking.link_clip_tracks(coarse, 12, (H, W), num_classes=3)
+  sharp, = linking.link_clip_tracks(boxed, 12, (H, W), num_classes=3, settings=linking.LinkSettings(
+      temporal_decay=0.2))  # the frame's own mask weighs most: e^-5 for a clip one frame away
+  assert sharp.num_clips == plain.num_clips == 12  # linked alike: matching reads the same grid masks
+  # The coarse grid loses the disc's rim (IoU about 0.7, test_masks_are_upsampled_to_the_video_size); the
+  # pasted box masks keep it.
+  assert_follows(sharp, path, 12, min_iou=0.95)
+  with pytest.raises(ValueError, match="beyond the clip window"):
+    linking.link_clip_tracks([[linking.ClipTrack(0, coarse[0][0].masks, coarse[0][0].class_probs, 0,
+                                                 {5: _box_mask(12, 5)})]], 12, (H, W), num_classes=3)
+
+
 def test_bad_clips_are_refused():
   linker = linking.TrackLinker(10, (H, W), (H, W), num_classes=3)
   probs = np.ones([3], np.float32) / 3

@@ -53,7 +53,8 @@ def _old_detect(model, features, image_hw):
   masks = model.instance_masks(det.masks, det.boxes, image_hw, canvas_hw)
   return maskprop.ClipDetections(det.boxes, det.scores, det.labels,
                                  jnp.where(det.valid[..., None], class_probs, 0.0),
-                                 jnp.where(det.valid[..., None, None], masks, 0.0), det.valid)
+                                 jnp.where(det.valid[..., None, None], masks, 0.0), det.valid,
+                                 jnp.where(det.valid[..., None, None], det.masks, 0.0))
 
 
 def _old_compute_losses(model, batch, key):

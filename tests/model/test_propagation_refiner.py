@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskprop_jax.model import maskprop, propagation_refiner
+from maskprop_jax.bilinear import bilinear_matrix
+from maskprop_jax.model import maskprop, paste_masks, propagation_refiner
 from maskprop_jax.model.mask_refiner import ImageMaskRefiner
 
 
@@ -38,10 +39,24 @@ def test_a_new_refiner_gives_back_the_masks_up_to_the_window_round_trip():
   probs = _masks()
   inputs = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 48, 3)), jnp.float32)
   features = jnp.asarray(np.random.default_rng(1).normal(size=(1, 8, 12, 5)), jnp.float32)
-  refined = np.asarray(propagation_refiner.refine(_refiner(5), jnp.asarray(probs), inputs, features, 2, 4))
+  refined, windows = propagation_refiner.refine(_refiner(5), jnp.asarray(probs), inputs, features, 2, 4)
+  refined = np.asarray(refined)
   np.testing.assert_array_equal(refined[0, 2], probs[0, 2])  # no window: as it was
   # Pooling onto the window and sampling back blur a sharp edge (by up to 0.27 here) but move no outline.
   np.testing.assert_array_equal(refined[0, :2] >= 0.5, probs[0, :2] >= 0.5)
+  # The windows themselves, pasted at the input's resolution as linking pastes them (detectron2's rule), draw
+  # the rectangle's outline pixel for pixel (each grid cell is 2 x 2 input pixels), but for its four corner
+  # pixels (0.9 x 0.5 x 0.5 + ... < 0.5: a soft rectangle's corners are rounded); the disc as the grid's bilinear
+  # upsampling does.
+  assert np.asarray(windows.valid).tolist() == [[True, True, False]]
+  pasted = np.asarray(paste_masks.paste_masks_in_image(windows.probs[0, :2], windows.boxes[0, :2], (32, 48),
+                                                       aligned=True)) >= 0.5
+  rectangle = np.zeros((32, 48), bool)
+  rectangle[8:16, 12:32] = True
+  rectangle[[8, 8, 15, 15], [12, 31, 12, 31]] = False
+  np.testing.assert_array_equal(pasted[0], rectangle)
+  disc = bilinear_matrix(16, 32) @ probs[0, 1] @ bilinear_matrix(24, 48).T >= 0.5
+  assert (pasted[1] & disc).sum() / (pasted[1] | disc).sum() > 0.95
 
 
 def test_the_loss_trains_the_refiner_towards_the_truth():
@@ -94,8 +109,10 @@ def test_maskprop_trains_and_propagates_with_the_refiner():
                                                geometry, inference.Timer(sync=False)) for _ in range(3)]
   masks = np.zeros((1, 2, *frames[0].terms.foreground.shape[1:]), np.float32)
   masks[0, 0, 2:6, 3:9] = 1.0
-  probs = inference.propagate(graphdef, state, frames[0].terms, masks, (frames[1].terms, frames[2].terms),
-                              (frames[1].inputs, frames[2].inputs))
+  probs, windows = inference.propagate(graphdef, state, frames[0].terms, masks, (frames[1].terms, frames[2].terms),
+                                       (frames[1].inputs, frames[2].inputs))
   assert probs.shape == (2, 2, *masks.shape[2:])
+  assert windows.probs.shape == (2, 2, propagation_refiner.SIZE, propagation_refiner.SIZE)
+  assert windows.boxes.shape == (2, 2, 4) and windows.valid.shape == (2, 2)
   with pytest.raises(ValueError, match="refine_layers"):
     inference.propagate(graphdef, state, frames[0].terms, masks, (frames[1].terms, frames[2].terms))
