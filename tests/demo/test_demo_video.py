@@ -75,11 +75,14 @@ def test_run_on_an_mp4_writes_results_and_an_overlay_video(run_dir, mp4_path, sy
 def ranked_config(tmp_path_factory, synthetic_dataset_dir):
   """A config file for run_dir that ranks tracks as configs/synthetic.py does: class probability x mask confidence
   x n / (n + 1) for n clips. Track scores then sit below the scores of the detections they link (the reported
-  situation: a clip threshold of S let tracks below S through)."""
+  situation: a clip threshold of S let tracks below S through). Masks stay on the mask grid
+  (full_resolution_masks off): there this random model's tracks fade out on some frames, which
+  test_min_track_length_leaves_out_short_tracks needs (pasted at the video's size, every frame keeps a mask)."""
   path = tmp_path_factory.mktemp("configs") / "ranked.py"
   path.write_text("from tiny_maskprop import tiny_config\n\n\ndef get_config():\n  config = tiny_config()\n"
                   f"  config.data.root = {str(synthetic_dataset_dir)!r}\n"
-                  "  config.inference.update(dict(mask_scoring=True, clip_prior=1.0))\n  return config\n")
+                  "  config.inference.update(dict(mask_scoring=True, clip_prior=1.0, full_resolution_masks=False))\n"
+                  "  return config\n")
   return path
 
 
