@@ -29,7 +29,12 @@ weights, as runs/bench holds no checkpoint:
 (Random weights score no class above the thresholds: at 0, both detectors keep their 10 best detections of a frame
 as a trained model would, and MaskProp propagates and links all of them.) Measured on a 2-core CPU, one run each:
 MaskProp 1.11 frames/s, 0.82x torchvision's 1.36; ms per frame: backbone 355, detection 332, propagation 172,
-linking 34. Before propagation was reordered (x projected by the deformable weights once per clip, the paper's
+linking 34. With the propagation refiner and masks pasted at the video's resolution (this config since
+2026-12-06; the same session, one run each): 0.77 frames/s, 0.80x torchvision's 0.96 (ms per frame: backbone 469,
+detection 419, propagation 247, linking 160), against 0.90 frames/s, 0.93x torchvision's 0.97 with
+--config.model.propagation.refine_layers='()' (propagation 172, linking 39). Linking pays for the video-size pastes
+mostly because random weights link nothing: about 95 video tracks live on each frame instead of a trained model's
+few. Before propagation was reordered (x projected by the deformable weights once per clip, the paper's
 1x1 head folded into them, per-frame terms cached, no propagation to a clip's center or padding frames) it was
 0.13 frames/s, 0.10x torchvision, propagation 7,112 ms per frame.
 """

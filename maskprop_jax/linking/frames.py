@@ -94,11 +94,39 @@ class Binarizer:
     """RLE of the mean (upsampled grid_sum [h, w] + the sum of weight * pasted box mask) / total_weight at the
     threshold: a frame's mask made of soft masks on the grid (their weighted sum, or None) and of box masks.
 
-    Outside every box the mean is the grid part's alone, so it reaches the threshold only where grid_sum / total_weight
-    does on a cell it reads (as in __call__); inside, it is computed in full.
+    Outside every box the mean is the grid part's alone, so it reaches the threshold only where
+    grid_sum / total_weight does on a cell it reads (as in __call__); inside, it is computed in full.
     """
-    patches = [(weight, part) for weight, mask in box_parts if (part := mask.pasted(self.video_hw)) is not None]
-    spans = [(top, top + patch.shape[0], left, left + patch.shape[1]) for _, (patch, top, left) in patches]
+    return self.compose_many([(grid_sum, box_parts, total_weight)])[0]
+
+  def compose_many(self, masks: list[tuple[np.ndarray | None, list[tuple[float, BoxMask]], float]]
+                   ) -> list[dict | None]:
+    """compose of several masks of one frame (its tracks'), (grid_sum, box_parts, total_weight) each. The paste
+    weights of all their box masks of one rule are computed in one call: a frame may hold a hundred box masks
+    (10 tracks, each drawn by the 2T+1 clips that cover the frame)."""
+    entries = {}  # (aligned, M) -> [(index into masks, weight, box mask)]
+    for index, (_, box_parts, _) in enumerate(masks):
+      for weight, mask in box_parts:
+        entries.setdefault((mask.aligned, mask.probs.shape[-1]), []).append((index, weight, mask))
+    pasted = [[] for _ in masks]  # per mask: (weighted probs [P, M', M'], rows [P, H, M'], cols [P, W, M'])
+    for (aligned, _), group in entries.items():
+      probs = np.stack([weight * mask.probs for _, weight, mask in group])  # pasting is linear: weigh first
+      boxes = np.stack([mask.box for _, _, mask in group])
+      probs, rows, cols = paste.paste_weights(probs, boxes, self.video_hw, self.video_hw, aligned=aligned)
+      owners = np.array([index for index, _, _ in group])  # non-decreasing: each mask's box masks are one slice
+      starts = np.flatnonzero(np.diff(owners, prepend=-1))
+      for first, stop in zip(starts, list(starts[1:]) + [len(group)]):
+        pasted[owners[first]].append((probs[first:stop], rows[first:stop], cols[first:stop]))
+    return [self._composed(grid_sum, pastes, total_weight)
+            for (grid_sum, _, total_weight), pastes in zip(masks, pasted)]
+
+  def _composed(self, grid_sum: np.ndarray | None, pastes: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                total_weight: float) -> dict | None:
+    spans = []
+    for _, rows, cols in pastes:
+      row_span, col_span = np.flatnonzero(rows.any((0, 2))), np.flatnonzero(cols.any((0, 2)))
+      if row_span.size and col_span.size:
+        spans.append((row_span[0], row_span[-1] + 1, col_span[0], col_span[-1] + 1))
     if grid_sum is not None:
       rows_in, cols_in = np.nonzero(grid_sum / total_weight >= self.threshold)
       if rows_in.size:
@@ -106,10 +134,10 @@ class Binarizer:
                      + self.cols.outputs_reading(cols_in.min(), cols_in.max()))
     if not spans:
       return None
-    r0, r1 = min(s[0] for s in spans), max(s[1] for s in spans)
-    c0, c1 = min(s[2] for s in spans), max(s[3] for s in spans)
+    r0, r1 = int(min(s[0] for s in spans)), int(max(s[1] for s in spans))
+    c0, c1 = int(min(s[2] for s in spans)), int(max(s[3] for s in spans))
     total = (self._upsampled(grid_sum, r0, r1, c0, c1) if grid_sum is not None
              else np.zeros((r1 - r0, c1 - c0), np.float32))
-    for weight, (patch, top, left) in patches:
-      total[top - r0:top - r0 + patch.shape[0], left - c0:left - c0 + patch.shape[1]] += weight * patch
+    for probs, rows, cols in pastes:  # sum over the P masks of rows_p @ probs_p @ cols_p^T on the patch
+      total += (rows[:, r0:r1] @ probs @ cols[:, c0:c1].transpose(0, 2, 1)).sum(0)
     return rle.encode_patch(total / total_weight >= self.threshold, r0, c0, self.video_hw)

@@ -334,6 +334,7 @@ class TrackLinker:
 
   def _finish_frames_before(self, frame_limit: int) -> None:
     for frame in range(self._finished_before, frame_limit):
+      boxed = []  # (live track, grid part, box parts, total weight): composed together, one paste per frame
       for live in self._live:
         total = live.mask_sum.pop(frame, None)
         if total is None:
@@ -346,12 +347,14 @@ class TrackLinker:
         if box_parts is None:
           live.segmentations[frame] = self._binarize.from_pixels(soft, ys, xs)
         else:
-          grid_only = None if grid_only is None else grid_only.reshape(self.mask_hw)
-          live.segmentations[frame] = self._binarize.compose(grid_only, box_parts, count)
+          boxed.append((live, None if grid_only is None else grid_only.reshape(self.mask_hw), box_parts, count))
         if ys.size:
           live.maskness_sum += float(soft[ys, xs].mean())
           live.masked_frames += 1
           live.path = live.path[-(_PATH_LENGTH - 1):] + [(frame, float(ys.mean()), float(xs.mean()), float(ys.size))]
+      if boxed:
+        for (live, *_), segmentation in zip(boxed, self._binarize.compose_many([b[1:] for b in boxed])):
+          live.segmentations[frame] = segmentation
     self._finished_before = max(self._finished_before, frame_limit)
 
 

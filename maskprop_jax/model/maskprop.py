@@ -33,7 +33,6 @@ import optax
 from flax import nnx
 
 from maskprop_jax.model import fpn, mask_rcnn, propagation, propagation_refiner, transform
-from maskprop_jax.model.mask_refiner import ImageMaskRefiner
 from maskprop_jax.model.fpn import FPN_STRIDES  # noqa: F401  (maskprop.FPN_STRIDES: part of this module's API)
 from maskprop_jax.model.paste_masks import paste_masks_in_image
 
@@ -96,7 +95,7 @@ class MaskProp(nnx.Module):
     refine_layers = tuple(p.get("refine_layers", ()))
     # Empty without a refiner (an attribute's kind, data or static, is fixed at construction).
     self.propagation_refiner = nnx.List(
-        [ImageMaskRefiner(1 + config.detector.backbone.fpn_channels, refine_layers, 1, rngs=rngs)]
+        [propagation_refiner.PropagationRefiner(config.detector.backbone.fpn_channels, refine_layers, rngs=rngs)]
         if refine_layers else [])
 
   @property

@@ -5,8 +5,9 @@ A propagated mask comes out of features of stride 4 or more: its outline is righ
 For each (reference frame, instance) the refiner takes a window around the mask (its support at probability 0.5,
 widened by MARGIN of its size and one mask cell on each side), pools on a SIZE x SIZE grid of that window
 
-  - the propagated probability (as the logit of the pooled probability), the reference frame's propagation-level features and its normalised
-    pixels (the image at stride 1),
+  - the propagated probability (as the logit of the pooled probability), the reference frame's propagation-level
+    features (projected to FEATURE_CHANNELS by a 1x1 conv on the whole frame first) and its normalised pixels (the
+    image at stride 1),
 
 runs the image-guided refiner (mask_refiner.ImageMaskRefiner, one output channel) and adds its residual to the
 logit: a window mask, sampled back onto the mask grid at its cells' centres. Pooling (RoIAlign with aligned=True)
@@ -24,12 +25,29 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flax import nnx
+
+from maskprop_jax.model.conv_norm_activation import conv_kernel_init
 from maskprop_jax.model.mask_refiner import IMAGE_SAMPLING_RATIO, ImageMaskRefiner, pool_on_boxes
 
 SIZE = 28  # the window's grid, as Mask R-CNN's masks
 MARGIN = 0.25  # the window reaches this share of the mask's height and width beyond its support on each side
 THRESHOLD = 0.5  # the support of a mask: its pixels at or above this probability
+# Channels of the propagation-level features the refiner reads. They are projected on the frame, once per reference
+# frame, before each window pools them: pooling and convolving all 256 channels of P3 on each of a clip's 10 x 12
+# windows made the refiner cost 1.7x the propagation branch itself (configs/ytvis.py's benchmark).
+FEATURE_CHANNELS = 16
 _LOGIT_CLIP = 1e-4  # pooled probabilities enter as logits of p clipped to [eps, 1 - eps]
+
+
+class PropagationRefiner(nnx.Module):
+  """A 1x1 projection of the propagation-level features, and the image-guided refiner on [logit, projection,
+  pixels] of each window (one output channel)."""
+
+  def __init__(self, feature_channels: int, layers, *, rngs: nnx.Rngs):
+    self.project = nnx.Conv(feature_channels, FEATURE_CHANNELS, (1, 1), kernel_init=conv_kernel_init,
+                            bias_init=nnx.initializers.zeros, rngs=rngs)
+    self.head = ImageMaskRefiner(1 + FEATURE_CHANNELS, layers, 1, rngs=rngs)
 
 
 def support_windows(probs: jax.Array, stride: int) -> tuple[jax.Array, jax.Array]:
@@ -83,7 +101,7 @@ def sample_back(window_values: jax.Array, boxes: jax.Array, grid_hw: tuple[int, 
   return jnp.einsum("niya,niab,nixb->niyx", rows, window_values, cols, precision=jax.lax.Precision.HIGHEST)
 
 
-def window_logits(refiner: ImageMaskRefiner, probs: jax.Array, boxes: jax.Array, inputs: jax.Array,
+def window_logits(refiner: PropagationRefiner, probs: jax.Array, boxes: jax.Array, inputs: jax.Array,
                   features: jax.Array, mask_stride: int, feature_stride: int) -> jax.Array:
   """Refined box-relative logits [N, I, SIZE, SIZE] of masks probs [N, I, h, w] (mask grid of `mask_stride`) in
   windows boxes [N, I, 4], from the frames' normalised inputs [N, H, W, 3] and features [N, H/s, W/s, C]."""
@@ -96,9 +114,9 @@ def window_logits(refiner: ImageMaskRefiner, probs: jax.Array, boxes: jax.Array,
   pooled = jnp.clip(_pool(flat, boxes.reshape(batch * num_masks, 1, 4), 1.0 / mask_stride), _LOGIT_CLIP,
                     1 - _LOGIT_CLIP)  # [N * I, S, S, 1]
   pooled_logit = jnp.log(pooled) - jnp.log(1 - pooled)
-  pooled_features = _pool(features, boxes, 1.0 / feature_stride)  # [N * I, S, S, C]
+  pooled_features = _pool(refiner.project(features), boxes, 1.0 / feature_stride)  # [N * I, S, S, F]
   pixels = _pool(inputs, boxes, 1.0)  # [N * I, S, S, 3]
-  residual = refiner(jnp.concatenate([pooled_logit, pooled_features], axis=-1), pixels)[..., 0]
+  residual = refiner.head(jnp.concatenate([pooled_logit, pooled_features], axis=-1), pixels)[..., 0]
   return (pooled_logit[..., 0] + residual).reshape(batch, num_masks, SIZE, SIZE)
 
 
@@ -111,7 +129,7 @@ class Windows(NamedTuple):
   valid: jax.Array  # [N, I] whether the mask had a window (a pixel at THRESHOLD); where not, it is unrefined
 
 
-def refine(refiner: ImageMaskRefiner, probs: jax.Array, inputs: jax.Array, features: jax.Array,
+def refine(refiner: PropagationRefiner, probs: jax.Array, inputs: jax.Array, features: jax.Array,
            mask_stride: int, feature_stride: int) -> tuple[jax.Array, Windows]:
   """(refined probabilities [N, I, h, w] on the mask grid, the refined windows) of propagated masks probs
   [N, I, h, w] (see window_logits)."""
@@ -121,7 +139,7 @@ def refine(refiner: ImageMaskRefiner, probs: jax.Array, inputs: jax.Array, featu
   return jnp.where(valid[..., None, None], refined, probs), Windows(box_probs, boxes, valid)
 
 
-def refine_loss(refiner: ImageMaskRefiner, probs: jax.Array, inputs: jax.Array, features: jax.Array,
+def refine_loss(refiner: PropagationRefiner, probs: jax.Array, inputs: jax.Array, features: jax.Array,
                 target_masks: jax.Array, track_valid: jax.Array, mask_stride: int,
                 feature_stride: int) -> jax.Array:
   """Binary cross-entropy of the refined window logits against the ground truth on the same windows.

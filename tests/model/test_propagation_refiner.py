@@ -9,7 +9,6 @@ from flax import nnx
 
 from maskprop_jax.bilinear import bilinear_matrix
 from maskprop_jax.model import maskprop, paste_masks, propagation_refiner
-from maskprop_jax.model.mask_refiner import ImageMaskRefiner
 
 
 def _masks():
@@ -32,7 +31,7 @@ def test_windows_cover_each_support_with_a_margin():
 
 
 def _refiner(channels, seed=0):
-  return ImageMaskRefiner(1 + channels, (4,), 1, rngs=nnx.Rngs(seed))
+  return propagation_refiner.PropagationRefiner(channels, (4,), rngs=nnx.Rngs(seed))
 
 
 def test_a_new_refiner_gives_back_the_masks_up_to_the_window_round_trip():
@@ -99,7 +98,7 @@ def test_maskprop_trains_and_propagates_with_the_refiner():
 
   (_, losses), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(params)
   assert "loss_refine" in losses and np.isfinite(float(losses["loss_refine"]))
-  assert float(jnp.abs(grads["propagation_refiner"][0]["logits"]["kernel"][...]).max()) > 0
+  assert float(jnp.abs(grads["propagation_refiner"][0]["head"]["logits"]["kernel"][...]).max()) > 0
 
   video_hw = (30, 45)
   geometry = maskprop.InputGeometry.for_video(config.model, video_hw)
