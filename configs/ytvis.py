@@ -24,10 +24,12 @@ weights, as runs/bench holds no checkpoint:
         --height 360 --width 640 --min-frames 12 --max-frames 12
     python eval.py --config configs/ytvis.py --workdir runs/bench --benchmark --config.model.init_from= \
         --config.model.detector.num_classes=7 --config.model.detector.roi_heads.score_thresh=0 \
-        --config.inference.score_thresh=0 --images /tmp/s360/valid/JPEGImages --annotations /tmp/s360/valid.json
+        --config.inference.score_thresh=0 --config.model.compute_dtype=float32 \
+        --images /tmp/s360/valid/JPEGImages --annotations /tmp/s360/valid.json
 
 (Random weights score no class above the thresholds: at 0, both detectors keep their 10 best detections of a frame
-as a trained model would, and MaskProp propagates and links all of them.) Measured on a 2-core CPU, one run each:
+as a trained model would, and MaskProp propagates and links all of them. float32: the CPU has no fast bfloat16,
+and torchvision runs float32.) Measured on a 2-core CPU, one run each:
 MaskProp 1.11 frames/s, 0.82x torchvision's 1.36; ms per frame: backbone 355, detection 332, propagation 172,
 linking 34. With the propagation refiner and masks pasted at the video's resolution (this config since
 2026-12-06; the same session, one run each): 0.77 frames/s, 0.80x torchvision's 0.96 (ms per frame: backbone 469,
@@ -46,6 +48,10 @@ from maskprop_jax.model.config import mask_rcnn_config
 def get_config():
   config = default.get_config()
   config.model.init_from = "weights/r50"
+  # Activations, convolutions and matmuls in bfloat16 (float32 parameters, optimizer state, accumulation, batch-norm
+  # statistics, box decoding, softmax and losses: model/precision.py): half the memory and bandwidth on GPUs and
+  # TPUs. tests/model/test_precision.py bounds what it changes on the CPU; no GPU has run it yet.
+  config.model.compute_dtype = "bfloat16"
   # At most D detections of a clip's center frame become its clip tracks (those above inference.score_thresh,
   # propagated to all 2T+1 frames): YouTube-VIS videos hold a few objects, 10 covers them.
   config.model.detector.roi_heads.detections_per_img = 10

@@ -10,9 +10,9 @@ a mounted bucket):
 
 2 clips per chip: on a v5p-32 (16 chips) a step takes 32 clips. The learning rate and every step count follow
 the linear scaling rule from configs/ytvis.py's 16 clips (train.reference_batch_size), so the run sees the same
-~10 epochs at any size: on 16 chips 20k steps at lr 0.04. Compute: float32 parameters and activations, whose
-convolutions run on the MXU as single bfloat16 passes at XLA's default TPU precision (bfloat16 activations,
-config.model.compute_dtype, are not supported yet). Frames stay 384x640 (static shapes: one compiled program).
+~10 epochs at any size: on 16 chips 20k steps at lr 0.04. Compute: bfloat16 activations, convolutions and
+matmuls on the MXU with float32 parameters and accumulation (configs/ytvis.py's model.compute_dtype,
+model/precision.py). Frames stay 384x640 (static shapes: one compiled program).
 
 Expected runtime: about 2 hours on a v5p-32 plus evaluation (an estimate scaled from configs/ytvis.py, not
 measured: no TPU was available to this project).

@@ -52,7 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
       # Widths of the 3x3 convs that refine each propagated mask on its frame's pixels (model/propagation_refiner.py,
       # the paper's high-resolution refinement in our form); () = none.
       refine_layers=()))
-  config.model.compute_dtype = "float32"  # "bfloat16" for the convolutions on GPUs and TPUs
+  # "bfloat16": activations, convolutions and matmuls in bfloat16, the rest float32 (model/precision.py); for GPUs
+  # and TPUs.
+  config.model.compute_dtype = "float32"
 
   config.train = ml_collections.ConfigDict(dict(
       global_batch_size=16, num_steps=60_000, log_every=50, checkpoint_every=2_000, keep_checkpoints=3,

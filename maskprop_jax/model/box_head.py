@@ -11,6 +11,7 @@ from typing import Sequence
 import jax
 from flax import nnx
 
+from maskprop_jax.model import precision
 from maskprop_jax.model.conv_norm_activation import Conv2dNormActivation
 
 # nn.Linear's default init (kaiming_uniform with a=sqrt(5)): uniform in +-1/sqrt(fan_in).
@@ -86,4 +87,4 @@ class FastRCNNPredictor(nnx.Module):
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x: [N, D] -> class_logits [N, K], box_deltas [N, K * 4] (dx, dy, dw, dh per class)."""
     x = x.reshape(x.shape[0], -1)
-    return self.cls_score(x), self.bbox_pred(x)
+    return precision.to_float32(self.cls_score(x), self.bbox_pred(x))  # softmax, decoding, losses in float32

@@ -42,8 +42,10 @@ def apply_conv(conv: nnx.Conv, x: jax.Array, as_matmul: bool = False) -> jax.Arr
   if not as_matmul:
     return conv(x)
   dilation = conv.kernel_dilation  # as given to nnx.Conv: an int here
-  y = conv_as_matmul(x, conv.kernel[...], dilation if isinstance(dilation, int) else dilation[0])
-  return y if conv.bias is None else y + conv.bias[...]
+  bias = None if conv.bias is None else conv.bias[...]
+  x, kernel, bias = conv.promote_dtype((x, conv.kernel[...], bias), dtype=conv.dtype)  # as conv(x) would
+  y = conv_as_matmul(x, kernel, dilation if isinstance(dilation, int) else dilation[0])
+  return y if bias is None else y + bias
 
 
 class Conv2dNormActivation(nnx.List):

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskprop_jax.model import precision
 from maskprop_jax.model.conv_norm_activation import Conv2dNormActivation, apply_conv, conv_kernel_init
 
 
@@ -89,5 +90,5 @@ class MaskRCNNPredictor(nnx.Module):
     return jax.nn.relu(self.conv5_mask(x))
 
   def logits(self, upsampled: jax.Array, *, as_matmul: bool = False) -> jax.Array:
-    """[N, 2H, 2W, dim_reduced] -> [N, 2H, 2W, num_classes]."""
-    return apply_conv(self.mask_fcn_logits, upsampled, as_matmul)
+    """[N, 2H, 2W, dim_reduced] -> [N, 2H, 2W, num_classes], float32 (sigmoid and the loss read them)."""
+    return precision.to_float32(apply_conv(self.mask_fcn_logits, upsampled, as_matmul))

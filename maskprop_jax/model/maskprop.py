@@ -32,7 +32,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from maskprop_jax.model import fpn, mask_rcnn, propagation, propagation_refiner, transform
+from maskprop_jax.model import fpn, mask_rcnn, precision, propagation, propagation_refiner, transform
 from maskprop_jax.model.fpn import FPN_STRIDES  # noqa: F401  (maskprop.FPN_STRIDES: part of this module's API)
 from maskprop_jax.model.paste_masks import paste_masks_in_image
 
@@ -97,6 +97,11 @@ class MaskProp(nnx.Module):
     self.propagation_refiner = nnx.List(
         [propagation_refiner.PropagationRefiner(config.detector.backbone.fpn_channels, refine_layers, rngs=rngs)]
         if refine_layers else [])
+    # Convolutions and matmuls in the compute dtype, parameters float32 (model/precision.py). In float32 the layers
+    # keep flax's default (no dtype: computed in their inputs' and parameters' float32).
+    dtype = precision.compute_dtype(config.get("compute_dtype", "float32"))
+    if dtype != jnp.float32:
+      precision.set_compute_dtype(self, dtype)
 
   @property
   def refines_propagation(self) -> bool:

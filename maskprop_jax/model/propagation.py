@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maskprop_jax import kernels
+from maskprop_jax.model import precision
 
 
 def depth_to_space(x: jax.Array, factor: int) -> jax.Array:
@@ -93,7 +94,8 @@ class OffsetBlock(nnx.Module):
     h = jax.nn.relu(h + self.conv2(h))
     n, height, width, _ = h.shape
     taps = self.kernel_size * self.kernel_size
-    return [conv(h).reshape(n, height, width, 1, taps, 2) for conv in self.offset_convs]
+    # Offsets are pixels: float32, whatever the compute dtype (bfloat16 keeps 8 bits of them).
+    return [precision.to_float32(conv(h)).reshape(n, height, width, 1, taps, 2) for conv in self.offset_convs]
 
 
 class PropagationHead(nnx.Module):
@@ -129,7 +131,8 @@ class PropagationHead(nnx.Module):
     """Instance-agnostic foreground logits [N, uH, uW] of frames [N, H, W, C]; None without the gate."""
     if not len(self.foreground):
       return None
-    return depth_to_space(self.foreground[1](jax.nn.relu(self.foreground[0](features))), self.upsample)
+    logits = self.foreground[1](jax.nn.relu(self.foreground[0](features)))
+    return depth_to_space(precision.to_float32(logits), self.upsample)
 
   def warp(self, center: jax.Array, instance_masks: jax.Array, offsets: list[jax.Array]) -> jax.Array:
     """g^i: instance features of the center frame warped toward each reference frame.
@@ -143,13 +146,14 @@ class PropagationHead(nnx.Module):
     conv_args = dict(stride=1, padding=pad, dilation=1, offset_groups=1, impl=self.impl)
     warped = kernels.masked_deform_conv2d(center, instance_masks, offsets[0], self.deform_weights[0][...],
                                           **conv_args)  # [N*R, I, H, W, C]
-    warped = warped + self.deform_biases[0][...]
+    warped = warped + self.deform_biases[0][...].astype(warped.dtype)
     images = warped.shape[0]
     for layer in range(1, len(offsets)):
       flat = jax.nn.relu(warped).reshape(images * num_instances, height, width, -1)
       layer_offsets = jnp.repeat(offsets[layer], num_instances, axis=0)
       flat = kernels.deform_conv2d(flat, layer_offsets, self.deform_weights[layer][...], **conv_args)
-      warped = flat.reshape(images, num_instances, height, width, -1) + self.deform_biases[layer][...]
+      bias = self.deform_biases[layer][...].astype(flat.dtype)
+      warped = flat.reshape(images, num_instances, height, width, -1) + bias
     return warped
 
   @property
@@ -175,13 +179,14 @@ class PropagationHead(nnx.Module):
       pad = self.kernel_size // 2
       cells = kernels.masked_deform_conv2d(center, instance_masks, offsets[0], weight, stride=1, padding=pad,
                                            dilation=1, offset_groups=1, impl=self.impl)  # [M, I, H, W, u*u]
-      cells = cells + self.mask_logits(references + self.deform_biases[0][...])[:, None]
+      cells = cells + self.mask_logits(references + self.deform_biases[0][...].astype(references.dtype))[:, None]
     else:
       h = self.warp(center, instance_masks, offsets) + references[:, None]  # [M, I, H, W, C]
       h = h.reshape(images * num_instances, height, width, -1)
       for conv in self.mask_convs:
         h = jax.nn.relu(conv(h))
       cells = self.mask_logits(h)
+    cells = precision.to_float32(cells)  # sigmoid, the soft IoU and linking in float32
     return depth_to_space(cells, u).reshape(images, num_instances, height * u, width * u)
 
   def __call__(self, center: jax.Array, instance_masks: jax.Array,

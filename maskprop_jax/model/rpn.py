@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskprop_jax.model import box_coder, box_ops, matcher, nms, sampler
+from maskprop_jax.model import box_coder, box_ops, matcher, nms, precision, sampler
 from maskprop_jax.model.anchors import FPN_ANCHOR_SIZES, FPN_ASPECT_RATIOS, AnchorGenerator
 
 SMOOTH_L1_BETA = 1.0 / 9
@@ -50,8 +50,8 @@ class RPNHead(nnx.Module):
     for x in features:
       for block in self.conv:
         x = jax.nn.relu(block[0](x))
-      logits.append(self.cls_logits(x))
-      deltas.append(self.bbox_pred(x))
+      logits.append(precision.to_float32(self.cls_logits(x)))  # sigmoid, decoding and losses in float32
+      deltas.append(precision.to_float32(self.bbox_pred(x)))
     return logits, deltas
 
 

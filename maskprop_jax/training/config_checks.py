@@ -65,7 +65,7 @@ RULES: tuple[Rule, ...] = tuple((path, *check) for path, check in (
     ("data.max_ref_offset", POSITIVE_INT),
     ("data.worker_count", NON_NEGATIVE_INT),
     ("data.flip", (lambda v: isinstance(v, bool), "true or false")),
-    ("model.compute_dtype", _choice("float32")),  # bfloat16 once the layers take a dtype
+    ("model.compute_dtype", _choice("float32", "bfloat16")),  # model/precision.py
     ("model.propagation.impl", _choice(*IMPLS)),
     ("model.init_from", (lambda v: isinstance(v, str), "a folder of converted weights, or ''")),
     ("train.global_batch_size", POSITIVE_INT),

@@ -133,7 +133,8 @@ def test_config_mistakes_on_the_command_line_are_one_line_and_nothing_is_written
     ("optimizer.lr", -0.1, "config.optimizer.lr=-0.1: expected a number > 0"),
     ("optimizer.schedule", "cosin", "config.optimizer.schedule='cosin': expected one of 'step', 'cosine', "
      "'constant'"),
-    ("model.compute_dtype", "bfloat16", "config.model.compute_dtype='bfloat16': expected one of 'float32'"),
+    ("model.compute_dtype", "float16", "config.model.compute_dtype='float16': expected one of 'float32', "
+     "'bfloat16'"),
     ("model.init_from", "{tmp}/no_weights", "no_weights: not a parameter directory"),
     ("model.propagation.upsample", 3, "config.model cannot be built: propagation.upsample=3 must be a positive "
      "divisor"),
