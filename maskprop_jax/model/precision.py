@@ -4,7 +4,7 @@ Parameters and optimizer state stay float32. `set_compute_dtype` makes every con
 and dense layer of a model compute in `model.compute_dtype` (flax casts its inputs and its float32 kernel to that
 dtype; XLA accumulates bfloat16 products in float32 on GPUs and TPUs). The few places where a rounded value
 would decide something take float32 back explicitly, each where it is made:
-  - the network's input is cast once (MaskProp.frame_input / features);
+  - the normalised input is cast once, by the backbone's first convolution (the mask refiners pool it in float32);
   - frozen batch norm computes its scale and shift from float32 statistics (resnet.FrozenBatchNorm2d);
   - RoIAlign and the deformable sampling accumulate their bilinear taps in float32 (roi_align.py, kernels/);
   - head outputs are float32 (`to_float32`): RPN objectness and deltas, box-head logits and deltas, mask logits,
