@@ -9,8 +9,8 @@ parameter directory and runs both models on the same image. Prints one row per c
   FPN levels (max |diff| / max |ref|), top-100 RPN proposals (IoU with our box of the same rank, exact score
   ties in either order),
   detections (for each of torch's top detections, ours with the same label and best box IoU: the worst IoU and
-  their median, score difference, mask IoU), and, in training mode with torch's proposals and sampled anchors / RoIs injected, every
-  loss. `--tiny` uses a one-block-per-stage ResNet (what the tests run); the default is the real ResNet-50.
+  their median, score difference, mask IoU), and, in training mode with torch's proposals and sampled anchors /
+  RoIs injected, every loss. `--tiny` uses a one-block-per-stage ResNet (what the tests run); the default is the real ResNet-50.
 """
 
 from __future__ import annotations
