@@ -94,15 +94,17 @@ class _Representation:
       tight = np.stack([augment.mask_box(m) for m in chunk])
       centers = np.asarray(_box_targets(jnp.asarray(chunk), jnp.asarray(tight), size=self.mask_size,
                                         aligned=self.aligned))
-      grids = np.stack([out[start + i]["grid"] for i in range(len(chunk))])
-      windows, _ = propagation_refiner.support_windows(jnp.asarray(grids)[None], self.stride)
-      windows = self.video_box(np.asarray(windows[0]))
-      refined = np.asarray(_box_targets(jnp.asarray(chunk), jnp.asarray(windows), size=propagation_refiner.SIZE,
-                                        aligned=True))
+      windowed = self.refines and self.full_resolution
+      if windowed:  # the refiner's windows around the grid masks' support, pooled at the video's size
+        grids = np.stack([out[start + i]["grid"] for i in range(len(chunk))])
+        windows, _ = propagation_refiner.support_windows(jnp.asarray(grids)[None], self.stride)
+        windows = self.video_box(np.asarray(windows[0]))
+        refined = np.asarray(_box_targets(jnp.asarray(chunk), jnp.asarray(windows), size=propagation_refiner.SIZE,
+                                          aligned=True))
       for i in range(len(chunk)):
         form = out[start + i]
         form["center"] = BoxMask(centers[i], tight[i], self.aligned)
-        form["window"] = BoxMask(refined[i], windows[i], True) if self.refines and self.full_resolution else None
+        form["window"] = BoxMask(refined[i], windows[i], True) if windowed else None
         if not self.full_resolution:  # pasted at the video's size, then onto the grid
           pasted, top, left = form["center"].pasted(self.geometry.video_hw)
           full = np.zeros(self.geometry.video_hw, np.float32)

@@ -59,11 +59,26 @@ def test_coarse_grids_and_torchvision_geometry_lose_small_objects(annotations):
   assert coarse["grid"]["iou_by_size"]["400-1600"] is None  # no object of that size
 
 
-def test_cli_prints_both_paths_and_writes_json(annotations, tmp_path, capsys, monkeypatch):
+def test_refined_windows_pasted_at_the_video_size_keep_what_a_coarse_grid_loses(annotations):
+  config = _config(mask_stride=4, aligned=True)
+  config.model.propagation.refine_layers = (4,)
+  refined = resolution_cap.measure(config, annotations)
+  config.inference.full_resolution_masks = False
+  through_grid = resolution_cap.measure(config, annotations)
+  # Without full-resolution masks every path is the grid's (the center mask pasted, then pooled onto it).
+  assert through_grid["propagated"]["iou_by_size"] == through_grid["grid"]["iou_by_size"]
+  assert through_grid["linked"]["iou_by_size"]["<100"] < 0.95
+  # The refiner's 28x28 windows and Mask R-CNN's boxes are finer than the objects' 52-60 pixels.
+  assert refined["grid"]["iou_by_size"] == through_grid["grid"]["iou_by_size"]
+  assert refined["propagated"]["iou_by_size"]["<100"] > 0.97
+  assert refined["linked"]["iou_by_size"]["<100"] > 0.97 and refined["linked"]["stats"]["AP"] == pytest.approx(1.0)
+
+
+def test_cli_prints_every_path_and_writes_json(annotations, tmp_path, capsys, monkeypatch):
   path = tmp_path / "valid.json"
   path.write_text(json.dumps(annotations))
   monkeypatch.setattr(resolution_cap, "_load_config", lambda _: _config(mask_stride=1, aligned=True))
   resolution_cap.main(["--config", "unused.py", "--annotations", str(path), "--json", str(tmp_path / "cap.json")])
   printed = capsys.readouterr().out
-  assert "| grid | 1.0000 |" in printed and "| center |" in printed
+  assert "| grid | 1.0000 |" in printed and "| center |" in printed and "| linked |" in printed
   assert json.loads((tmp_path / "cap.json").read_text())["grid"]["stats"]["AP"] == pytest.approx(1.0)
