@@ -88,5 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
       # Masks drawn on boxes (Mask R-CNN's on a clip's center frame, a propagation refiner's windows) reach the
       # results at the video's resolution, pasted from their M x M cells as torchvision pastes a detection
       # (linking/frames.py); False: every mask through the mask grid (stride model.propagation's), as before.
-      full_resolution_masks=True))
+      full_resolution_masks=True,
+      # A pixel that several video tracks' masks of a frame set stays only in the track whose mean probability
+      # there is highest (the ground truth's masks are the visible parts: disjoint); False: masks may overlap.
+      disjoint_masks=False))
   return config

@@ -11,7 +11,10 @@ weighted by exp(-|f - c| / temporal_decay) for a clip centred at frame c: a mask
 itself counts more than one carried there over several frames. Matching reads every mask on the mask grid; the
 finished frame takes each at the finest form its clip track has it in: a box-relative mask (ClipTrack.box_masks:
 Mask R-CNN's on the center frame, a refined window on the others) is pasted at the video's resolution
-(frames.Binarizer.compose).
+(frames.Binarizer.compose). The masks of a frame may overlap, as in the paper; with `disjoint_masks` a pixel that
+two objects' tracks set stays only in the track whose mean probability there is higher (ground truth marks the
+visible parts), unless the two masks share so much that they are one object drawn twice
+(frames.DUPLICATE_OVERLAP).
 
 An object hidden for longer than a clip window leaves no overlap to link on: with `reid_max_gap` > 0, a clip
 track that matched nothing may instead continue a track that has shown nothing for at most that many frames, of
@@ -165,6 +168,7 @@ class LinkSettings:
   clip_prior: float = 0.0  # a track's score times n / (n + clip_prior) for n clips (0: off)
   reid_max_gap: int = 0  # frames an object may stay hidden and keep its track (0: off)
   reid_distance: float = 2.0  # object sizes between its reappearance and where its motion leads
+  disjoint_masks: bool = False  # a frame's pixel set by two objects' tracks stays only in the more confident
 
   def __post_init__(self):
     if self.temporal_decay < 0:
@@ -344,8 +348,10 @@ class TrackLinker:
         ys, xs = np.nonzero(soft >= self.settings.mask_threshold)
         grid_only = live.grid_only_sum.pop(frame, None)
         box_parts = live.box_parts.pop(frame, None)
-        if box_parts is None:
+        if box_parts is None and not self.settings.disjoint_masks:
           live.segmentations[frame] = self._binarize.from_pixels(soft, ys, xs)
+        elif box_parts is None:
+          boxed.append((live, total.reshape(self.mask_hw), [], count))
         else:
           boxed.append((live, None if grid_only is None else grid_only.reshape(self.mask_hw), box_parts, count))
         if ys.size:
@@ -353,7 +359,8 @@ class TrackLinker:
           live.masked_frames += 1
           live.path = live.path[-(_PATH_LENGTH - 1):] + [(frame, float(ys.mean()), float(xs.mean()), float(ys.size))]
       if boxed:
-        for (live, *_), segmentation in zip(boxed, self._binarize.compose_many([b[1:] for b in boxed])):
+        for (live, *_), segmentation in zip(boxed, self._binarize.compose_many(
+            [b[1:] for b in boxed], disjoint=self.settings.disjoint_masks)):
           live.segmentations[frame] = segmentation
     self._finished_before = max(self._finished_before, frame_limit)
 

@@ -54,3 +54,19 @@ def test_compose_is_the_weighted_mean_of_upsampled_grid_masks_and_pasted_box_mas
 def test_a_box_mask_beyond_the_frame_pastes_nothing():
   mask = frames.BoxMask(np.ones([28, 28], np.float32), np.array([70.0, 5.0, 90.0, 20.0], np.float32), True)
   assert mask.pasted((37, 61)) is None
+
+
+def test_disjoint_masks_give_a_contested_pixel_to_the_more_confident_object_but_keep_duplicates():
+  grid_hw = (20, 30)
+  binarize = frames.Binarizer(grid_hw, grid_hw, 0.5)  # the identity upsampling: grid cells are pixels
+  front, behind, twin = (np.zeros(grid_hw, np.float32) for _ in range(3))
+  front[4:12, 4:12] = 0.9
+  behind[8:16, 10:20] = 0.7  # shares a 4x2 corner with `front`: 8 of its 80 pixels
+  twin[4:12, 4:10] = 0.6  # `front` drawn again, by a duplicate track
+  masks = [(front, [], 1.0), (behind, [], 1.0), (twin, [], 1.0)]
+  overlapping = [rle.decode(m).astype(bool) for m in binarize.compose_many(masks)]
+  got = [rle.decode(m).astype(bool) for m in binarize.compose_many(masks, disjoint=True)]
+  np.testing.assert_array_equal(got[0], overlapping[0])  # the more confident keeps every pixel
+  np.testing.assert_array_equal(got[1], overlapping[1] & ~(front >= 0.5))  # the corner goes to `front`
+  np.testing.assert_array_equal(got[2], overlapping[2])  # a duplicate is no other object: left as it is
+  assert overlapping[1].sum() - got[1].sum() == 8

@@ -264,3 +264,21 @@ def test_reidentification_needs_the_same_class_and_a_reappearance_where_the_moti
   with pytest.raises(ValueError, match="reid_distance > 0"):
     linking.TrackLinker(2, (H, W), (H, W), num_classes=3,
                         settings=linking.LinkSettings(reid_max_gap=4, reid_distance=0.0))
+
+
+def test_disjoint_masks_leave_a_shared_pixel_to_the_more_confident_track():
+  front, behind = (lambda f: (12, 14)), (lambda f: (12, 20))  # discs of radius 4 sharing a lens of pixels
+  clips = clips_from_scene([front, behind], 10, {0: 1, 1: 2})
+  for clip in clips:  # the object behind is drawn less confidently (0.72 against 0.9)
+    for i, track in enumerate(clip):
+      if track.class_probs.argmax() == 1:
+        clip[i] = linking.ClipTrack(start=track.start, masks=track.masks * 0.8, class_probs=track.class_probs,
+                                    center=track.center)
+  overlapping = {t.label: t for t in link(clips, 10, match_threshold=0.1)}
+  disjoint = {t.label: t for t in link(clips, 10, match_threshold=0.1, disjoint_masks=True)}
+  assert len(overlapping) == len(disjoint) == 2
+  for f in range(10):
+    shared = decoded(overlapping[1], f) & decoded(overlapping[2], f)
+    assert shared.sum() >= 5  # of 49 pixels each: two objects meeting, not one drawn twice
+    np.testing.assert_array_equal(decoded(disjoint[1], f), decoded(overlapping[1], f))
+    np.testing.assert_array_equal(decoded(disjoint[2], f), decoded(overlapping[2], f) & ~shared)
