@@ -58,7 +58,10 @@ training run each; a training seed alone moves AP by 0.005-0.017: --config.seed=
   - detectron2's mask geometry (detector.roi_heads.aligned=True), which keeps ground truth under 100 pixels at IoU
     0.999 through its 28x28 masks against 0.78 torchvision's way: 0.677 / 0.494. The network's masks, not their
     grid, are what is lost;
-  - a 4 x 64-channel mask head costs about a 1.3x step, FPN of 64 channels about 1.45x: not trained.
+  - a 4 x 64-channel mask head costs about a 1.3x step, FPN of 64 channels about 1.45x: not trained;
+  - more steps, over the budget (a measurement of headroom, not a candidate): 2,700 steps, 1.5x this config's, gave
+    0.686 / 0.525 against 0.669 / 0.500 (with disjoint masks), and valid 0.576 against 0.507. The model is bound by
+    its steps: a faster step is what would buy AP within 20 minutes.
 """
 
 from configs import default
