@@ -150,7 +150,6 @@ class Binarizer:
     return total / total_weight, r0, c0
 
 
-
 # Two tracks' masks of a frame that share more than this fraction of the smaller one draw one object twice (a
 # duplicate track, which the evaluator counts as a false positive whatever its mask), not two objects meeting.
 # Tuning splits (seeds 101 / 303, the main job's model): 0.15 gave AP 0.664 / 0.500, 0.3 0.669 / 0.500, 0.6
