@@ -6,9 +6,9 @@ Generates the synthetic set (data/synthetic) and its records (data/tfds) on firs
 ResNet-26-like FPN Mask R-CNN with the propagation branch from scratch, evaluates video AP on the valid split and
 writes the results, metrics and overlay videos (results/overlays) to the workdir.
 
-Expected runtime: about 15 minutes on 2 CPU cores (1,800 steps at about 0.38-0.45 s, `python -m
-maskprop_jax.training.bench --config configs/synthetic.py`): 14 min 44 s from a fresh clone, the data generated in
-the run, on an otherwise idle 2-core machine (2026-12-06).
+Expected runtime: about 15-17 minutes on 2 CPU cores (1,800 steps at about 0.38-0.52 s, `python -m
+maskprop_jax.training.bench --config configs/synthetic.py`): 14 min 44 s, 16 min 46 s and 17 min 12 s from fresh
+clones, the data generated in the run, each on an otherwise idle 2-core machine (2026-12-06).
 
 Seeds, and what served what (issue "the main job learns the task"):
   - training videos: data.synthetic.seed 0 (train split, 120 videos);
