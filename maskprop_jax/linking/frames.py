@@ -162,8 +162,8 @@ def _disjoint(patches: list[tuple[np.ndarray, int, int] | None], threshold: floa
   probability. patches: (soft mask [h, w], first row, first column) in the frame, or None."""
   keep = [None if p is None else p[0] >= threshold for p in patches]
   areas = [0 if k is None else int(k.sum()) for k in keep]
-  for i, j in ((i, j) for i in range(len(patches)) for j in range(len(patches)) if i != j):
-    if keep[i] is None or keep[j] is None or not areas[i] or not areas[j]:
+  for i, j in ((i, j) for i in range(len(patches)) for j in range(i + 1, len(patches))):
+    if not areas[i] or not areas[j]:
       continue
     (soft_i, r0, c0), (soft_j, s0, d0) = patches[i], patches[j]
     a0, a1 = max(r0, s0), min(r0 + soft_i.shape[0], s0 + soft_j.shape[0])
@@ -174,5 +174,7 @@ def _disjoint(patches: list[tuple[np.ndarray, int, int] | None], threshold: floa
     theirs = soft_j[a0 - s0:a1 - s0, b0 - d0:b1 - d0]
     if ((mine >= threshold) & (theirs >= threshold)).sum() > DUPLICATE_OVERLAP * min(areas[i], areas[j]):
       continue
+    # Each side loses what the other sets more confidently; both read the soft masks, so the order is immaterial.
     keep[i][a0 - r0:a1 - r0, b0 - c0:b1 - c0] &= ~((theirs >= threshold) & (theirs > mine))
+    keep[j][a0 - s0:a1 - s0, b0 - d0:b1 - d0] &= ~((mine >= threshold) & (mine > theirs))
   return keep
