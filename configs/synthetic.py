@@ -28,8 +28,11 @@ fixed in turn, masks on the frames a track covers +0.247, linking of fragments +
 +0.018, class 0 (no class confusion). The masks of small objects are most of it (per-frame IoU 0.45 under 100 pixels
 of area, 0.70 at 100-400, 0.88 above 1,600 on seed 303). Of the frames under 100 pixels that an object's best track
 gets wrong there (IoU < 0.5), the track draws nothing on 73%, and on 87% the object touches another one or the
-frame's border. The model underfits: on 24 of its own
-training videos it scores 0.494, no more than on unseen ones (seed 303: 0.492).
+frame's border. Those frames are not masks drawn empty: all but 2 lie before the track's first frame or after its
+last (it starts late or ends early, no clip of it reaches them). And on all 26 frames where a best track draws an
+object that is not there, its mask lies on other objects (on 23, over 0.9 of it on one; 14 are one track of one
+video): an identity carried onto a neighbour (2026-12-06, seed 303, the main job's weights). The model underfits:
+on 24 of its own training videos it scores 0.494, no more than on unseen ones (seed 303: 0.492).
 
 What else was measured (tuning AP on seeds 101 / 303 against this config's 0.665 / 0.492 before disjoint masks; one
 training run each; a training seed alone moves AP by 0.005-0.017: --config.seed=1 gave 0.670 / 0.509):
@@ -61,7 +64,13 @@ training run each; a training seed alone moves AP by 0.005-0.017: --config.seed=
   - a 4 x 64-channel mask head costs about a 1.3x step, FPN of 64 channels about 1.45x: not trained;
   - more steps, over the budget (a measurement of headroom, not a candidate): 2,700 steps, 1.5x this config's, gave
     0.686 / 0.525 against 0.669 / 0.500 (with disjoint masks), and valid 0.576 against 0.507. The model is bound by
-    its steps: a faster step is what would buy AP within 20 minutes.
+    its steps: a faster step is what would buy AP within 20 minutes;
+  - at this config's wall time, each one training run (2026-12-06), none kept: batch 2 for 2,900 steps (a 0.62x
+    step) 0.644 / 0.489; propagation loss weight 2: 0.662 / 0.454; lr 3e-3: 0.684 / 0.496; the Mask R-CNN
+    losses on both frames of each training clip, 1,500 steps for a 1.2x step: 0.650 / 0.488; the reference
+    frames' features held constant (no backbone gradient through them), 2,000 steps for a 0.88x step: 0.625 /
+    0.499 (against 0.669 / 0.500, all with disjoint masks). More updates on fewer clips (batch 2) did not buy
+    what the 2,700-step run's 1.5x clips did.
 """
 
 from configs import default
