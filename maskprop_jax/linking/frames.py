@@ -120,10 +120,9 @@ class Binarizer:
         pasted[owners[first]].append((probs[first:stop], rows[first:stop], cols[first:stop]))
     patches = [self._composed(grid_sum, pastes, total_weight)
                for (grid_sum, _, total_weight), pastes in zip(masks, pasted)]
+    keep = [None if p is None else p[0] >= self.threshold for p in patches]
     if disjoint:
-      keep = _disjoint(patches, self.threshold)
-    else:
-      keep = [None if p is None else p[0] >= self.threshold for p in patches]
+      _make_disjoint(patches, keep, self.threshold)
     return [None if p is None else rle.encode_patch(k, p[1], p[2], self.video_hw) for p, k in zip(patches, keep)]
 
   def _composed(self, grid_sum: np.ndarray | None, pastes: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -157,10 +156,10 @@ class Binarizer:
 DUPLICATE_OVERLAP = 0.3
 
 
-def _disjoint(patches: list[tuple[np.ndarray, int, int] | None], threshold: float) -> list[np.ndarray | None]:
-  """Each patch's pixels at the threshold, less those where another object's patch is set with a higher
-  probability. patches: (soft mask [h, w], first row, first column) in the frame, or None."""
-  keep = [None if p is None else p[0] >= threshold for p in patches]
+def _make_disjoint(patches: list[tuple[np.ndarray, int, int] | None], keep: list[np.ndarray | None],
+                   threshold: float) -> None:
+  """Clears, in each patch's pixels at the threshold (keep, in place), those where another object's patch is set
+  with a higher probability. patches: (soft mask [h, w], first row, first column) in the frame, or None."""
   areas = [0 if k is None else int(k.sum()) for k in keep]
   for i, j in ((i, j) for i in range(len(patches)) for j in range(i + 1, len(patches))):
     if not areas[i] or not areas[j]:
@@ -177,4 +176,3 @@ def _disjoint(patches: list[tuple[np.ndarray, int, int] | None], threshold: floa
     # Each side loses what the other sets more confidently; both read the soft masks, so the order is immaterial.
     keep[i][a0 - r0:a1 - r0, b0 - c0:b1 - c0] &= ~((theirs >= threshold) & (theirs > mine))
     keep[j][a0 - s0:a1 - s0, b0 - d0:b1 - d0] &= ~((mine >= threshold) & (mine > theirs))
-  return keep
