@@ -76,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
       half_window=6,  # T: a clip spans 2T+1 frames
       clip_stride=1,  # a clip centred at every s-th frame
       score_thresh=0.3, match_threshold=0.3, mask_threshold=0.5, duplicate_iou=0.5,
+      # Detections scoring from extend_score_thresh up to score_thresh may lengthen a video track they match by mean
+      # soft IoU >= extend_match_threshold, never start one (ByteTrack's second association; >= score_thresh: off).
+      extend_score_thresh=1.0, extend_match_threshold=0.5,
       # A clip's mask on a frame d frames from its center weighs exp(-|d| / temporal_decay) in the video track's
       # mean; 0 weighs them all the same, as the paper does.
       temporal_decay=0.0,

@@ -32,10 +32,13 @@ class ClipSettings:
 
   half_window: int  # T: a clip spans frames c-T .. c+T
   clip_stride: int  # s: clips are centred at frames 0, s, 2s, ...
-  score_thresh: float  # least detection score of a clip track
+  score_thresh: float  # least detection score of a clip track that may start a video track
   duplicate_iou: float  # a center-frame detection overlapping a better one more than this is dropped
   # Box-relative masks (the center frame's, refined windows) go to linking to be pasted at the video's resolution.
   full_resolution_masks: bool = True
+  # Detections scoring from this up to score_thresh give extends-only clip tracks (linking.ClipTrack): they may
+  # lengthen a video track they match, never start one. At score_thresh or above: off.
+  extend_score_thresh: float = 1.0
   link: linking.LinkSettings = linking.LinkSettings()
 
   @classmethod
@@ -216,10 +219,12 @@ class VideoPredictor:
     center = clip.features[clip.center]
     detections = timer.time("detection", detect, self._graphdef, self._state, center.levels, hw,
                             center.inputs if self.model.detector.roi_heads.refines_masks else None)
-    keep = np.flatnonzero(np.asarray(detections.valid[0]) & (np.asarray(detections.scores[0]) >= s.score_thresh))
+    scores = np.asarray(detections.scores[0])
+    keep = np.flatnonzero(np.asarray(detections.valid[0]) & (scores >= min(s.score_thresh, s.extend_score_thresh)))
     if keep.size == 0:
       return []
     center_masks = np.asarray(detections.masks[0])  # [D, h, w] on the mask grid
+    # Best first, so a confident detection wins over a hesitant one of the same object.
     keep = keep[suppress_duplicates(center_masks[keep], s.duplicate_iou)]
     # Only the kept detections are propagated, in slots padded to a power of two: propagation costs as many
     # slots as it is given, and a handful of programs (1, 2, 4, ... D slots) serve every clip.
@@ -251,7 +256,7 @@ class VideoPredictor:
                               valid=windows.valid[row])
     class_probs = np.asarray(detections.class_probs[0])
     return [linking.ClipTrack(start=clip.start, masks=probs[:, k], class_probs=class_probs[d], center=clip.center,
-                              box_masks=box_masks[k])
+                              box_masks=box_masks[k], extends_only=bool(scores[d] < s.score_thresh))
             for k, d in enumerate(keep)]
 
   @staticmethod

@@ -4,7 +4,10 @@ Clips centred at every s-th frame of a video overlap. Clip tracks arrive in temp
 the video tracks that have masks on the frames of its clip window, by the mean per-frame soft IoU over the frames
 the two share (a frame where neither has the instance is no evidence and is left out). A Hungarian assignment
 over those scores, kept where a score reaches `match_threshold`, extends video tracks; a clip track left unmatched
-starts a new one.
+starts a new one. A clip track marked `extends_only` (a detection the detector was unsure of: an object
+entering, leaving or half hidden, or nothing) is assigned second, to the video tracks the others left, and only
+where its score reaches `extend_match_threshold`: it lengthens a track by its window's masks, adds no class
+evidence, and is dropped where it matches none (ByteTrack's second association, on masks).
 
 A video track's mask on a frame is the mean of the soft masks its clip tracks put on that frame, optionally
 weighted by exp(-|f - c| / temporal_decay) for a clip centred at frame c: a mask the detector drew on the frame
@@ -63,6 +66,8 @@ class ClipTrack:
     center: index in the video of the frame the instance was detected on (start <= center < start + L).
     box_masks: video frame index -> the frame's mask drawn on a box (frames.BoxMask), for the frames that have one
       (`masks` holds them too, on the grid, for matching); the finished frame pastes it at the video's resolution.
+    extends_only: a low-score detection's track, which may lengthen a video track it matches but never starts one
+      and adds no class evidence (ByteTrack's second association).
   """
 
   start: int
@@ -70,6 +75,7 @@ class ClipTrack:
   class_probs: np.ndarray
   center: int
   box_masks: dict[int, BoxMask] = dataclasses.field(default_factory=dict)
+  extends_only: bool = False
 
   @property
   def stop(self) -> int:
@@ -124,6 +130,7 @@ class _LiveTrack:
     return last + velocity * (frame - self.path[-1][0])
 
   def add(self, clip: ClipTrack, flat_masks: np.ndarray) -> None:
+    """Adds a clip track's masks and, unless it only extends, its class evidence."""
     for offset, frame in enumerate(range(clip.start, clip.stop)):
       weight = math.exp(-abs(frame - clip.center) / self.temporal_decay) if self.temporal_decay > 0 else 1.0
       if frame in self.mask_sum:
@@ -139,8 +146,9 @@ class _LiveTrack:
         self.grid_only_sum[frame] += weight * flat_masks[offset]
       else:
         self.grid_only_sum[frame] = weight * flat_masks[offset]
-    self.class_prob_sum += clip.class_probs
-    self.num_clips += 1
+    if not clip.extends_only:
+      self.class_prob_sum += clip.class_probs
+      self.num_clips += 1
 
   def mean_masks(self, start: int, stop: int, num_pixels: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean soft masks [stop - start, P] on a window and whether the track covers each frame [stop - start]."""
@@ -169,6 +177,7 @@ class LinkSettings:
   reid_max_gap: int = 0  # frames an object may stay hidden and keep its track (0: off)
   reid_distance: float = 2.0  # object sizes between its reappearance and where its motion leads
   disjoint_masks: bool = False  # a frame's pixel set by two objects' tracks stays only in the more confident
+  extend_match_threshold: float = 0.5  # least mean soft IoU for an extends-only clip track to join a video track
 
   def __post_init__(self):
     if self.temporal_decay < 0:
@@ -208,7 +217,8 @@ class TrackLinker:
     self._last_start = 0
 
   def add_clip(self, clip_tracks: list[ClipTrack]) -> list[int]:
-    """Links the tracks of one clip; returns the video track id each clip track joined or started."""
+    """Links the tracks of one clip; returns the video track id each clip track joined or started (-1 for an
+    extends-only track that matched none and was dropped)."""
     if not clip_tracks:
       return []
     start, stop = clip_tracks[0].start, clip_tracks[0].stop
@@ -227,21 +237,37 @@ class TrackLinker:
     scores = self._match_scores(clip_masks, start, stop)  # [K, V]
 
     joined = [-1] * len(clip_tracks)
-    if scores.size:
-      rows, cols = optimize.linear_sum_assignment(scores, maximize=True)
-      for k, v in zip(rows, cols):
-        if scores[k, v] >= self.settings.match_threshold:
-          self._live[v].add(clip_tracks[k], clip_masks[k])
-          joined[k] = self._live[v].id
+    starters = [k for k, track in enumerate(clip_tracks) if not track.extends_only]
+    self._assign(scores, starters, set(), self.settings.match_threshold, clip_tracks, clip_masks, joined)
     if self.settings.reid_max_gap > 0:
       self._reidentify(clip_tracks, clip_masks, joined, start)
-    for k, track in enumerate(clip_tracks):
+    # Low-score detections second, on the video tracks the confident ones left: they lengthen a track where the
+    # detector hesitates (an object entering, leaving or half hidden), and are dropped where they match none.
+    extenders = [k for k, track in enumerate(clip_tracks) if track.extends_only]
+    if extenders:
+      self._assign(scores, extenders, set(joined), self.settings.extend_match_threshold, clip_tracks, clip_masks,
+                   joined)
+    for k in starters:
       if joined[k] < 0:
         live = _LiveTrack(len(self._live), self.num_frames, self.num_classes, self.settings.temporal_decay)
-        live.add(track, clip_masks[k])
+        live.add(clip_tracks[k], clip_masks[k])
         self._live.append(live)
         joined[k] = live.id
     return joined
+
+  def _assign(self, scores: np.ndarray, rows: list[int], taken: set[int], threshold: float,
+              clip_tracks: list[ClipTrack], clip_masks: np.ndarray, joined: list[int]) -> None:
+    """Joins the clip tracks `rows` to live tracks not in `taken` by a Hungarian assignment on `scores` [K, V],
+    where a pair's score reaches `threshold`."""
+    cols = [v for v in range(scores.shape[1]) if self._live[v].id not in taken]
+    if not rows or not cols:
+      return
+    sub = scores[np.ix_(rows, cols)]
+    for i, j in zip(*optimize.linear_sum_assignment(sub, maximize=True)):
+      if sub[i, j] >= threshold:
+        k, live = rows[i], self._live[cols[j]]
+        live.add(clip_tracks[k], clip_masks[k])
+        joined[k] = live.id
 
   def _reidentify(self, clip_tracks: list[ClipTrack], clip_masks: np.ndarray, joined: list[int],
                   start: int) -> None:
@@ -252,7 +278,7 @@ class TrackLinker:
                if live.id not in taken and live.path and not live.shows_anything_from(start, threshold)]
     pairs = []  # (distance in object sizes, clip track, live track)
     for k, track in enumerate(clip_tracks):
-      if joined[k] >= 0:
+      if joined[k] >= 0 or track.extends_only:
         continue
       present = np.flatnonzero(clip_masks[k].max(-1) >= threshold)
       if present.size == 0:

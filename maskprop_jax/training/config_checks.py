@@ -93,6 +93,8 @@ RULES: tuple[Rule, ...] = tuple((path, *check) for path, check in (
     ("inference.half_window", POSITIVE_INT),
     ("inference.clip_stride", POSITIVE_INT),
     ("inference.score_thresh", FRACTION),
+    ("inference.extend_score_thresh", FRACTION),
+    ("inference.extend_match_threshold", FRACTION),
     ("inference.match_threshold", FRACTION),
     ("inference.mask_threshold", FRACTION),
     ("inference.duplicate_iou", FRACTION),

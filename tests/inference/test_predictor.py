@@ -229,3 +229,34 @@ def test_center_frames_keep_mask_rcnns_box_mask_for_linking_to_paste_at_the_vide
             if np.array_equal(np.asarray(detections.box_masks[0, d]), box_mask.probs)]
     np.testing.assert_allclose(box_mask.box, np.asarray(detections.boxes[0, d]) * scale, rtol=1e-6)
     assert box_mask.aligned == bool(predictor.model.config.detector.roi_heads.aligned)
+
+
+def test_detections_under_the_score_threshold_give_extends_only_tracks(predictor):
+  """With extend_score_thresh below score_thresh, the detections scoring between the two give the same clip tracks
+  as at the lower threshold, marked extends_only (linking lets them lengthen a track, never start one)."""
+  geometry = inference.maskprop.InputGeometry.for_video(predictor.model.config, VIDEO_HW)
+  timer = inference.Timer(sync=False)
+  graphdef, state = predictor._graphdef, predictor._state
+
+  def features(frame):
+    return inference.frame_features_and_terms(graphdef, state, frame, geometry, timer)
+
+  clip = next(c for c in inference.video_clips(moving_square_frames(5), 5, VIDEO_HW, HALF_WINDOW, 1, features)
+              if c.center == 2)
+  every = predictor.clip_tracks(clip, geometry, timer)  # score threshold 0: every detection
+  detections = inference.detect(graphdef, state, clip.features[clip.center].levels,
+                                np.asarray([geometry.resized_hw], np.int32))
+  scores = np.asarray(detections.scores[0])[np.asarray(detections.valid[0])]
+  threshold = float(np.median(scores))
+
+  def tracks(**settings):
+    changed = inference.VideoPredictor(predictor.model, dataclasses.replace(predictor.settings, **settings))
+    return changed.clip_tracks(clip, geometry, timer)
+
+  confident = tracks(score_thresh=threshold)
+  split = tracks(score_thresh=threshold, extend_score_thresh=0.0)
+  assert 0 < len(confident) < len(every) == len(split)
+  assert [t.extends_only for t in split] == [False] * len(confident) + [True] * (len(every) - len(confident))
+  assert not any(t.extends_only for t in every + confident)
+  for a, b in zip(split, every):
+    np.testing.assert_array_equal(a.masks, b.masks)

@@ -1,5 +1,7 @@
 """Linking hand-made clip tracks: one object, crossing objects, an occlusion gap, late entry, leaving."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -282,3 +284,55 @@ def test_disjoint_masks_leave_a_shared_pixel_to_the_more_confident_track():
     assert shared.sum() >= 5  # of 49 pixels each: two objects meeting, not one drawn twice
     np.testing.assert_array_equal(decoded(disjoint[1], f), decoded(overlapping[1], f))
     np.testing.assert_array_equal(decoded(disjoint[2], f), decoded(overlapping[2], f) & ~shared)
+
+
+def _leaving_scene(num_frames=24, hesitant_from=12):
+  """One object moving right; the detector is sure of it on centers < hesitant_from and hesitant after (its clip
+  tracks there only extend), plus a hesitant detection of nothing the track has (a false positive elsewhere)."""
+  path = lambda f: (12, 4 + f)
+  clips = clips_from_scene([path], num_frames, {0: 2})
+  for center, tracks in enumerate(clips):
+    if center >= hesitant_from:
+      tracks[:] = [dataclasses.replace(t, extends_only=True, class_probs=np.full([3], 1 / 3, np.float32))
+                   for t in tracks]
+    if center == 5:
+      start, stop = tracks[0].start, tracks[0].stop
+      stray = np.stack([disc(4, 34)] * (stop - start))
+      tracks.append(linking.ClipTrack(start, stray, np.full([3], 1 / 3, np.float32), center, extends_only=True))
+  return path, clips
+
+
+def test_extends_only_clip_tracks_lengthen_a_track_and_start_none():
+  path, clips = _leaving_scene()
+  # The scene's noise (0.05 on every pixel) keeps a soft IoU of the one object's masks near 0.45.
+  linker = linking.TrackLinker(24, (H, W), (H, W), num_classes=3,
+                               settings=linking.LinkSettings(extend_match_threshold=0.3))
+  joined = [linker.add_clip(tracks) for tracks in clips]
+  (track,) = linker.finish()
+  assert joined[5][-1] == -1  # the stray detection matched nothing and was dropped
+  # It covers every frame, though only centers 0..11 were sure of it; their class evidence alone counts.
+  assert_follows(track, path, 24)
+  assert (track.num_clips, track.label, track.score) == (12, 2, pytest.approx(0.8))
+  # Without the hesitant clips the track ends 3 frames after the last sure center.
+  without = [[t for t in tracks if not t.extends_only] for tracks in clips]
+  (short,) = link(without, 24)
+  assert decoded(short, 14) is not None and decoded(short, 15) is None
+
+
+def test_an_extends_only_clip_track_needs_the_stricter_threshold_and_yields_to_a_confident_one():
+  """Two clip tracks of one clip on the same video track: the confident one joins it, the hesitant one (it would
+  score higher) is dropped; a hesitant one below extend_match_threshold is dropped too."""
+  block = np.zeros([3, H, W], np.float32)
+  block[:, 4:10, 4:10] = 1.0
+  shifted = np.zeros_like(block)
+  shifted[:, 6:12, 4:10] = 1.0  # soft IoU with the block 24 / 48 = 0.5
+  probs = np.array([0.8, 0.1, 0.1], np.float32)
+  for threshold, expected in ((0.4, 0), (0.6, -1)):
+    linker = linking.TrackLinker(3, (H, W), (H, W), num_classes=3,
+                                 settings=linking.LinkSettings(extend_match_threshold=threshold))
+    linker.add_clip([linking.ClipTrack(0, block, probs, center=0)])
+    assert linker.add_clip([linking.ClipTrack(0, shifted, probs, center=1, extends_only=True)]) == [expected]
+    assert linker.add_clip([linking.ClipTrack(0, shifted, probs, center=2),
+                            linking.ClipTrack(0, block, probs, center=2, extends_only=True)]) == [0, -1]
+    (track,) = linker.finish()
+    assert track.num_clips == 2
