@@ -161,7 +161,9 @@ def test_cached_terms_and_skipped_frames_give_the_masks_of_the_padded_clip():
   frame projected once for all its reference frames (impl "auto": xla_projected here), and no propagation to the
   center or to padding frames: the clip tracks' masks equal the old computation's up to float32 rounding.
 
-  Measured: 3e-5 at most (probabilities; the same with impl "xla", so the caching, not the kernel). The cached
+  Measured: 3e-5 at most (probabilities; the same with impl "xla", so the caching, not the kernel); 8e-5 on an
+  AVX2-only AMD EPYC (2026-12-07), whose float rounding differs, on a probability near 0.5, where the sigmoid
+  passes a quarter of the logits' difference on: the band is 2e-4. The cached
   offset conv, conv'(f_t) - conv'(f_{t+d}) + b, agrees with conv(f_t - f_{t+d}) within 1.3e-6 relative and the
   offsets within 1e-5 pixels, but this random model's offsets reach 14 pixels over random features, and the
   bilinear sampling passes those rounding differences on, amplified.
@@ -195,7 +197,7 @@ def test_cached_terms_and_skipped_frames_give_the_masks_of_the_padded_clip():
       own = track.masks[clip.center - clip.start]
       (d,) = [d for d in range(center_masks.shape[0]) if np.array_equal(center_masks[d, :mask_h, :mask_w], own)]
       want = _padded_clip_masks(reference_model, levels, clip, center_masks[d:d + 1])[:, 0, :mask_h, :mask_w]
-      np.testing.assert_allclose(track.masks, want, rtol=0, atol=5e-5)
+      np.testing.assert_allclose(track.masks, want, rtol=0, atol=2e-4)
       compared += 1
   assert compared >= num_frames  # every clip has tracks (zero score threshold)
 

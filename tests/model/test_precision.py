@@ -137,10 +137,13 @@ def _train(dtype: str, steps: int) -> list[float]:
 def test_thirty_bfloat16_training_steps_follow_the_float32_loss_curve():
   """Measured (2026-12-06): the total loss falls from 95 to 3.4 in float32 and to 3.1 in bfloat16; step by step
   they differ by 15% at most (in the first, chaotic steps of a random model), the means of the last 10 steps by
-  2.4%. The band: 25% per step, 5% over the last 10."""
+  2.4%. On an AVX2-only AMD EPYC (2026-12-07; float rounding differs): 95 to 3.3 both, 45% at most in the first 10
+  steps (loss 30.1 against 20.7 at step 7, while it still falls from 165), 12% after them, 0.8% over the last 10.
+  The band: a factor of 2 over the first 10 steps, 25% per step after them, 5% over the last 10."""
   full, half = np.asarray(_train("float32", 30)), np.asarray(_train("bfloat16", 30))
   assert np.all(np.isfinite(half)) and half[-1] < 0.1 * half[0]  # it learns
-  assert np.max(np.abs(half - full) / full) < 0.25
+  assert np.all((half[:10] < 2 * full[:10]) & (full[:10] < 2 * half[:10]))
+  assert np.max(np.abs(half[10:] - full[10:]) / full[10:]) < 0.25
   assert abs(half[-10:].mean() - full[-10:].mean()) / full[-10:].mean() < 0.05
 
 
