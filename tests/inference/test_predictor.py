@@ -202,16 +202,11 @@ def test_cached_terms_and_skipped_frames_give_the_masks_of_the_padded_clip():
   assert compared >= num_frames  # every clip has tracks (zero score threshold)
 
 
-def test_center_frames_keep_mask_rcnns_box_mask_for_linking_to_paste_at_the_video_size(predictor):
-  """full_resolution_masks: each clip track carries the mask Mask R-CNN drew on its center frame (28x28 on the
-  box, the box scaled to the video's pixels as torchvision's postprocess scales it); off, none; the grid masks
-  that matching reads are the same either way."""
+def _clip_centred_at_2(predictor):
+  """(the clip centred at frame 2 of a 5-frame moving square, its geometry, a timer, its center's detections)."""
   geometry = inference.maskprop.InputGeometry.for_video(predictor.model.config, VIDEO_HW)
   timer = inference.Timer(sync=False)
   graphdef, state = predictor._graphdef, predictor._state
-  plain = inference.VideoPredictor(predictor.model, dataclasses.replace(predictor.settings,
-                                                                        full_resolution_masks=False))
-  assert predictor.settings.full_resolution_masks
 
   def features(frame):
     return inference.frame_features_and_terms(graphdef, state, frame, geometry, timer)
@@ -220,6 +215,17 @@ def test_center_frames_keep_mask_rcnns_box_mask_for_linking_to_paste_at_the_vide
               if c.center == 2)  # the cache drops frames once later clips no longer need them: take it live
   detections = inference.detect(graphdef, state, clip.features[clip.center].levels,
                                 np.asarray([geometry.resized_hw], np.int32))
+  return clip, geometry, timer, detections
+
+
+def test_center_frames_keep_mask_rcnns_box_mask_for_linking_to_paste_at_the_video_size(predictor):
+  """full_resolution_masks: each clip track carries the mask Mask R-CNN drew on its center frame (28x28 on the
+  box, the box scaled to the video's pixels as torchvision's postprocess scales it); off, none; the grid masks
+  that matching reads are the same either way."""
+  clip, geometry, timer, detections = _clip_centred_at_2(predictor)
+  plain = inference.VideoPredictor(predictor.model, dataclasses.replace(predictor.settings,
+                                                                        full_resolution_masks=False))
+  assert predictor.settings.full_resolution_masks
   tracks, plain_tracks = predictor.clip_tracks(clip, geometry, timer), plain.clip_tracks(clip, geometry, timer)
   assert tracks and len(tracks) == len(plain_tracks)
   scale = np.array([VIDEO_HW[1], VIDEO_HW[0]] * 2, np.float32) / np.array(geometry.resized_hw[::-1] * 2, np.float32)
@@ -236,18 +242,8 @@ def test_center_frames_keep_mask_rcnns_box_mask_for_linking_to_paste_at_the_vide
 def test_detections_under_the_score_threshold_give_extends_only_tracks(predictor):
   """With extend_score_thresh below score_thresh, the detections scoring between the two give the same clip tracks
   as at the lower threshold, marked extends_only (linking lets them lengthen a track, never start one)."""
-  geometry = inference.maskprop.InputGeometry.for_video(predictor.model.config, VIDEO_HW)
-  timer = inference.Timer(sync=False)
-  graphdef, state = predictor._graphdef, predictor._state
-
-  def features(frame):
-    return inference.frame_features_and_terms(graphdef, state, frame, geometry, timer)
-
-  clip = next(c for c in inference.video_clips(moving_square_frames(5), 5, VIDEO_HW, HALF_WINDOW, 1, features)
-              if c.center == 2)
+  clip, geometry, timer, detections = _clip_centred_at_2(predictor)
   every = predictor.clip_tracks(clip, geometry, timer)  # score threshold 0: every detection
-  detections = inference.detect(graphdef, state, clip.features[clip.center].levels,
-                                np.asarray([geometry.resized_hw], np.int32))
   scores = np.asarray(detections.scores[0])[np.asarray(detections.valid[0])]
   threshold = float(np.median(scores))
 
