@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskprop_jax.model.conv_lowering import conv_general_dilated
 from maskprop_jax.model.resnet import FrozenBatchNorm, ResNet, ResNetSpec
 
 # Strides of P2..P6 in pixels of the padded input (its size is a multiple of size_divisible, 32: P2..P5 tile it).
@@ -47,6 +48,7 @@ def _conv_norm(in_channels: int, out_channels: int, kernel_size: int, with_norm:
     padding=((kernel_size // 2,) * 2,) * 2,
     use_bias=not with_norm,
     kernel_init=nnx.initializers.variance_scaling(1.0, "fan_in", "uniform"),
+    conv_general_dilated=conv_general_dilated,
     rngs=rngs,
   )
   if with_norm:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maskprop_jax.model import precision
+from maskprop_jax.model.conv_lowering import conv_general_dilated
 from maskprop_jax.model.conv_norm_activation import Conv2dNormActivation, apply_conv, conv_kernel_init
 
 
@@ -42,7 +43,7 @@ class MaskRCNNHeads(nnx.List):
 
   def __call__(self, x: jax.Array, valid: jax.Array | None = None, *, as_matmul: bool = False) -> jax.Array:
     """x: [N, H, W, C] -> [N, H, W, layers[-1]]; valid [N] restricts batch-norm statistics in training;
-    as_matmul computes each conv as im2col + matmul (see conv_norm_activation.conv_as_matmul)."""
+    as_matmul computes each conv as im2col + matmul (see conv_lowering.conv_as_matmul)."""
     for block in self:
       x = block(x, valid, as_matmul=as_matmul)
     return x
@@ -79,7 +80,7 @@ class MaskRCNNPredictor(nnx.Module):
         bias_init=nnx.initializers.zeros, rngs=rngs)
     self.mask_fcn_logits = nnx.Conv(
         dim_reduced, num_classes, (1, 1), kernel_init=conv_kernel_init, bias_init=nnx.initializers.zeros,
-        rngs=rngs)
+        conv_general_dilated=conv_general_dilated, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, as_matmul: bool = False) -> jax.Array:
     """x: [N, H, W, C] -> [N, 2H, 2W, num_classes] logits; as_matmul computes the 1x1 conv as a matmul."""

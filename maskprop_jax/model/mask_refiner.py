@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskprop_jax.model.conv_lowering import conv_general_dilated
 from maskprop_jax.model.conv_norm_activation import apply_conv, conv_kernel_init
 from maskprop_jax.model.roi_align import roi_align
 
@@ -45,14 +46,14 @@ class ImageMaskRefiner(nnx.Module):
     widths = [feature_channels + IMAGE_CHANNELS, *layers]
     self.convs = nnx.List([
         nnx.Conv(a, b, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_kernel_init,
-                 bias_init=nnx.initializers.zeros, rngs=rngs)
+                 bias_init=nnx.initializers.zeros, conv_general_dilated=conv_general_dilated, rngs=rngs)
         for a, b in zip(widths[:-1], widths[1:])])
     self.logits = nnx.Conv(widths[-1], num_classes, (1, 1), kernel_init=nnx.initializers.zeros,
-                           bias_init=nnx.initializers.zeros, rngs=rngs)
+                           bias_init=nnx.initializers.zeros, conv_general_dilated=conv_general_dilated, rngs=rngs)
 
   def __call__(self, features: jax.Array, pixels: jax.Array, *, as_matmul: bool = False) -> jax.Array:
     """features [N, s, s, C] (the mask predictor's upsampled features), pixels [N, s, s, 3] -> residual logits
-    [N, s, s, K]; as_matmul computes each conv as im2col + matmul (conv_norm_activation.conv_as_matmul)."""
+    [N, s, s, K]; as_matmul computes each conv as im2col + matmul (conv_lowering.conv_as_matmul)."""
     h = jnp.concatenate([features, pixels.astype(features.dtype)], axis=-1)
     for conv in self.convs:
       h = jax.nn.relu(apply_conv(conv, h, as_matmul))

@@ -38,6 +38,7 @@ from flax import nnx
 
 from maskprop_jax import kernels
 from maskprop_jax.model import precision
+from maskprop_jax.model.conv_lowering import conv_general_dilated
 
 
 def depth_to_space(x: jax.Array, factor: int) -> jax.Array:
@@ -54,7 +55,7 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rn
   pad = kernel_size // 2
   return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), padding=((pad, pad), (pad, pad)),
                   kernel_init=nnx.initializers.zeros_init() if zero else nnx.initializers.he_normal(),
-                  rngs=rngs)
+                  conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
 class FrameTerms(NamedTuple):

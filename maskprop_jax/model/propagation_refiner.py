@@ -27,6 +27,7 @@ import optax
 
 from flax import nnx
 
+from maskprop_jax.model.conv_lowering import conv_general_dilated
 from maskprop_jax.model.conv_norm_activation import conv_kernel_init
 from maskprop_jax.model.mask_refiner import IMAGE_SAMPLING_RATIO, ImageMaskRefiner, pool_on_boxes
 
@@ -46,7 +47,8 @@ class PropagationRefiner(nnx.Module):
 
   def __init__(self, feature_channels: int, layers, *, rngs: nnx.Rngs):
     self.project = nnx.Conv(feature_channels, FEATURE_CHANNELS, (1, 1), kernel_init=conv_kernel_init,
-                            bias_init=nnx.initializers.zeros, rngs=rngs)
+                            bias_init=nnx.initializers.zeros, conv_general_dilated=conv_general_dilated,
+                            rngs=rngs)
     self.head = ImageMaskRefiner(1 + FEATURE_CHANNELS, layers, 1, rngs=rngs)
 
 

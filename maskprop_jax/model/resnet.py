@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskprop_jax.model.conv_lowering import conv_general_dilated
+
 # Blocks per stage for the depths that Mask R-CNN checkpoints use.
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 BOTTLENECK_EXPANSION = 4
@@ -111,6 +113,7 @@ def conv2d(
     feature_group_count=groups,
     use_bias=use_bias,
     kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+    conv_general_dilated=conv_general_dilated,
     rngs=rngs,
   )
 

@@ -20,6 +20,7 @@ from flax import nnx
 
 from maskprop_jax.model import box_coder, box_ops, matcher, nms, precision, sampler
 from maskprop_jax.model.anchors import FPN_ANCHOR_SIZES, FPN_ASPECT_RATIOS, AnchorGenerator
+from maskprop_jax.model.conv_lowering import conv_general_dilated
 
 SMOOTH_L1_BETA = 1.0 / 9
 
@@ -35,7 +36,8 @@ class RPNHead(nnx.Module):
   """3x3 conv(s) + ReLU shared by all levels, then 1x1 convs for objectness [A] and box deltas [A * 4]."""
 
   def __init__(self, in_channels: int, num_anchors: int, conv_depth: int = 1, *, rngs: nnx.Rngs):
-    init = dict(kernel_init=nnx.initializers.normal(0.01), bias_init=nnx.initializers.zeros, rngs=rngs)
+    init = dict(kernel_init=nnx.initializers.normal(0.01), bias_init=nnx.initializers.zeros,
+                conv_general_dilated=conv_general_dilated, rngs=rngs)
     # nnx.List([conv]) mirrors torchvision's Conv2dNormActivation (norm_layer=None), keys `conv.{i}.0.weight`.
     self.conv = nnx.List(
         [nnx.List([nnx.Conv(in_channels, in_channels, (3, 3), padding=((1, 1), (1, 1)), **init)])
