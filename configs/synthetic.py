@@ -9,9 +9,10 @@ writes the results, metrics and overlay videos (results/overlays) to the workdir
 Expected runtime: about 15-17 minutes on 2 CPU cores (1,800 steps at about 0.38-0.52 s, `python -m
 maskprop_jax.training.bench --config configs/synthetic.py`): 14 min 44 s, 16 min 46 s and 17 min 12 s from fresh
 clones, the data generated in the run, each on an otherwise idle 2-core machine (2026-12-06). On 2026-12-07's
-2-core machine (AMD EPYC, family 25 model 1, AVX2 and no AVX-512) a step took 0.84-0.93 s instead, and training
-plus the valid evaluation 34 min 32 s (the data already generated, which takes about 2 minutes more): the same
-code and jax, about 2.2x slower. Float rounding differs between the two, so the trained weights do too.
+2-core machine (AMD EPYC, family 25 model 1, AVX2 and no AVX-512) a step took 0.84-0.93 s instead: the same code
+and jax, about 2.2x slower. There, computing the weight gradients of 1x1 and strided convolutions as matmuls
+(model/conv_lowering.py) made the step 0.89x as long, and the run from a fresh clone took 30 min 48 s (against
+about 37 minutes before). Float rounding differs between machines, so the trained weights do too.
 
 Seeds, and what served what (issue "the main job learns the task"):
   - training videos: data.synthetic.seed 0 (train split, 120 videos);
@@ -20,7 +21,11 @@ Seeds, and what served what (issue "the main job learns the task"):
   - reporting: the config's valid split (seed 0, 12 videos) and seed 202 made like the tuning splits; never used
     to choose anything.
 
-Video AP / AP50 / AP75 of this config (2026-12-07, the 2-core machine above, jax 0.10.2; one trained model):
+Video AP / AP50 / AP75 of this config (the 2-core EPYC above, jax 0.10.2), from a fresh clone with the conv
+lowering (2026-12-07, session 16):
+  - valid (seed 0): 0.518 / 0.818 / 0.518;
+  - seed 202 (untuned): 0.458 / 0.702 / 0.477.
+The model trained there before the conv lowering (only the rounding of the weight gradients differs):
   - valid (seed 0): 0.512 / 0.781 / 0.501 (0.512 / 0.794 / 0.502 without extends-only tracks);
   - seed 202 (untuned): 0.447 / 0.689 / 0.452 (0.441 / 0.696 / 0.441 without);
   - tuning seeds 101 / 303: 0.682 / 0.485 (0.682 / 0.460 without).
