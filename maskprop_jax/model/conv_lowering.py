@@ -10,9 +10,9 @@ Two lowerings, both for CPU only:
   gradient, 1.8 ms as one matmul). Here it is one dot per kernel tap, contracting (batch, height, width): the
   same products, summed in another order, so equal to lax's up to float rounding. A stride-1 kxk convolution
   keeps lax's weight gradient (the taps' strided copies cost it what they save; im2col cost more still), and so
-  does a 3-channel stem, whose taps are too thin for a matmul. On the main job's training step this is a 0.90-0.92x
-  step (`training.bench`, an AMD EPYC with AVX2, 2026-12-07). GPUs and TPUs keep lax's everywhere: their
-  libraries' weight gradients are the fast path there.
+  does a 3-channel stem, whose taps are too thin for a matmul. On the main job's training step this is a 0.89-0.92x
+  step (three A/B runs of 12-16 alternated steps in one process, a 2-core AMD EPYC with AVX2, 2026-12-07).
+  GPUs and TPUs keep lax's everywhere: their libraries' weight gradients are the fast path there.
 - `conv_as_matmul`, a stride-1 "same" convolution as im2col + one matmul, for convolutions inside a `lax.switch`
   branch (see its docstring).
 """
