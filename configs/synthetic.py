@@ -24,7 +24,8 @@ Seeds, and what served what (issue "the main job learns the task"):
 Video AP / AP50 / AP75 of this config (the 2-core EPYC above, jax 0.10.2), from a fresh clone with the conv
 lowering (2026-12-07, session 16):
   - valid (seed 0): 0.518 / 0.818 / 0.518;
-  - seed 202 (untuned): 0.458 / 0.702 / 0.477.
+  - seed 202 (untuned): 0.458 / 0.702 / 0.477;
+  - tuning seeds 101 / 303: 0.656 / 0.510 (mean 0.583, as before it).
 The model trained there before the conv lowering (only the rounding of the weight gradients differs):
   - valid (seed 0): 0.512 / 0.781 / 0.501 (0.512 / 0.794 / 0.502 without extends-only tracks);
   - seed 202 (untuned): 0.447 / 0.689 / 0.452 (0.441 / 0.696 / 0.441 without);
