@@ -128,12 +128,9 @@ def get_config():
   # one 3x3 conv of 16 channels before the 1x1 logits conv: against the paper's 1x1 alone (head_depth 0), same
   # seed and steps, tuning split (seed 101) AP 0.625 vs 0.612, AP75 0.644 vs 0.598 (the valid split had it the
   # other way round, 0.460 vs 0.481, within what a seed moves); it costs little at 16 channels.
-  # Training propagates 3 of a clip's 6 instance slots (a clip holds 3.2 objects on average; a random 3 where it
-  # holds more): the step costs 0.88x, which pays for 2,000 steps in the wall time of 1,800.
-  config.model.propagation.update(dict(level=0, upsample=4, offset_width=16, head_width=16, head_depth=1,
-                                       train_instances=3))
+  config.model.propagation.update(dict(level=0, upsample=4, offset_width=16, head_width=16, head_depth=1))
 
-  config.train.update(dict(global_batch_size=4, num_steps=2000, log_every=50, checkpoint_every=500))
+  config.train.update(dict(global_batch_size=4, num_steps=1800, log_every=50, checkpoint_every=500))
   config.optimizer.update(dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=100, warmup_factor=0.01,
                                schedule="cosine", clip_grad_norm=10.0, frozen_patterns=()))
   config.evaluation.num_overlays = 3  # results/overlays/*.mp4 (.gif where pyav cannot encode H.264)

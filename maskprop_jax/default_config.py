@@ -49,9 +49,6 @@ def get_config() -> ml_collections.ConfigDict:
       offset_width=128, num_deform_layers=1, kernel_size=3, head_width=128, head_depth=0, use_foreground=True,
       # Masks come out `upsample` times finer than the level's features (sub-pixel convolution): stride 4 here.
       upsample=2, impl="auto", loss_weight=1.0,
-      # Instance slots per clip whose masks training propagates and scores (model/maskprop.py propagated_slots:
-      # the valid ones first, a random subset where a clip holds more); 0 = all data.max_instances slots.
-      train_instances=0,
       # Widths of the 3x3 convs that refine each propagated mask on its frame's pixels (model/propagation_refiner.py,
       # the paper's high-resolution refinement in our form); () = none.
       refine_layers=()))

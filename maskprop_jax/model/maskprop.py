@@ -189,18 +189,6 @@ class MaskProp(nnx.Module):
     return probs, windows
 
 
-def propagated_slots(key: jax.Array, valid: jax.Array, count: int) -> jax.Array:
-  """The `count` instance slots of each clip whose masks training propagates (`propagation.train_instances`):
-  the valid slots first, in random order, then padding. valid bool [B, M] -> int32 [B, count].
-
-  Propagation's cost in a training step (the deformable convolution's per-instance contraction, the head, the
-  loss) grows with the slots it is given, padding or not, and a clip of the synthetic set fills 3.2 of its 6 on
-  average. The choice is random so that no instance of a crowded clip is always the one left out.
-  """
-  priority = valid.astype(jnp.float32) + jax.random.uniform(key, valid.shape)  # valid in [1, 2), padding in [0, 1)
-  return jax.lax.top_k(priority, count)[1]
-
-
 def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
                    key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mask R-CNN's losses on the center frames plus the weighted propagation loss, and with a propagation refiner
@@ -231,35 +219,25 @@ def compute_losses(model: MaskProp, batch: dict[str, jax.Array],
   center_masks = model.instance_masks(center_probs, gt.boxes, image_hw, (height, width))  # [B, M, h, w]
   center_masks = jnp.where(gt_valid[..., None, None], center_masks, 0.0)
   center_masks = model.feature_grid_masks(center_masks)  # [B, M, h/u, w/u]
-  ref_masks = batch["masks"][:, 1:]  # [B, K, M, H, W]
-  all_targets = propagation.downsample_masks(ref_masks, model.mask_stride)  # [B, K, M, h, w]
-  targets, track_valid = all_targets, gt_valid  # track_valid: the instance is on the center frame
-  num_propagated = model.config.propagation.get("train_instances", 0)
-  if 0 < num_propagated < gt_valid.shape[1]:  # P of the M slots, else P = M
-    slots = propagated_slots(jax.random.fold_in(key, 1), gt_valid, num_propagated)  # [B, P]
-    center_masks = jnp.take_along_axis(center_masks, slots[:, :, None, None], axis=1)
-    ref_masks = jnp.take_along_axis(ref_masks, slots[:, None, :, None, None], axis=2)
-    targets = jnp.take_along_axis(all_targets, slots[:, None, :, None, None], axis=2)
-    track_valid = jnp.take_along_axis(gt_valid, slots, axis=1)
 
   level = model.propagation_level
   num_refs = num_frames - 1
   refs = per_clip[level][:, 1:].reshape(batch_size * num_refs, *per_clip[level].shape[2:])  # [B*K, h, w, C]
   # Each clip's center frame is warped toward its K reference frames by one call (projected once per clip).
   logits, fg_logits = model.propagation(per_clip[level][:, 0], center_masks, refs)
-  probs = propagation.mask_probabilities(logits, fg_logits)  # [B*K, P, h, w]
-  targets = targets.reshape(batch_size * num_refs, *targets.shape[2:])  # [B*K, P, h, w]
-  track_valid = jnp.repeat(track_valid, num_refs, axis=0)  # [B*K, P]
+  probs = propagation.mask_probabilities(logits, fg_logits)  # [B*K, M, h, w]
+  targets = propagation.downsample_masks(batch["masks"][:, 1:], model.mask_stride)  # [B, K, M, h, w]
+  targets = targets.reshape(batch_size * num_refs, *targets.shape[2:])
+  track_valid = jnp.repeat(gt_valid, num_refs, axis=0)  # the instance is on the center frame
   losses["loss_propagation"] = propagation.soft_iou_loss(probs, targets, track_valid)
   for refiner in model.propagation_refiner:
     reference_inputs = inputs.reshape(batch_size, num_frames, *inputs.shape[1:])[:, 1:]
     losses["loss_refine"] = propagation_refiner.refine_loss(
         refiner, probs, reference_inputs.reshape(batch_size * num_refs, *inputs.shape[1:]), refs,
-        ref_masks.reshape(batch_size * num_refs, *ref_masks.shape[2:]), track_valid, model.mask_stride,
-        model.stride)
+        batch["masks"][:, 1:].reshape(batch_size * num_refs, *batch["masks"].shape[2:]), track_valid,
+        model.mask_stride, model.stride)
   if fg_logits is not None:
-    # Every track of the clip, propagated or not, instance-agnostic: [B*K, h, w].
-    foreground = jnp.max(all_targets, axis=2).reshape(batch_size * num_refs, *all_targets.shape[3:])
+    foreground = jnp.max(targets, axis=1)  # [B*K, h, w]: every track of the clip, instance-agnostic
     losses["loss_foreground"] = jnp.mean(optax.sigmoid_binary_cross_entropy(fg_logits, foreground))
   weights = {"loss_propagation": model.config.propagation.loss_weight}
   total = sum(weights.get(name, 1.0) * value for name, value in losses.items())

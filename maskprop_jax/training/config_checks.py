@@ -67,7 +67,6 @@ RULES: tuple[Rule, ...] = tuple((path, *check) for path, check in (
     ("data.flip", (lambda v: isinstance(v, bool), "true or false")),
     ("model.compute_dtype", _choice("float32", "bfloat16")),  # model/precision.py
     ("model.propagation.impl", _choice(*IMPLS)),
-    ("model.propagation.train_instances", NON_NEGATIVE_INT),
     ("model.init_from", (lambda v: isinstance(v, str), "a folder of converted weights, or ''")),
     ("train.global_batch_size", POSITIVE_INT),
     ("train.num_steps", POSITIVE_INT),
