@@ -152,3 +152,26 @@ def test_encode_patch_equals_pycocotools(seed):
     assert got is None
   else:
     assert got["counts"] == expected["counts"].decode("ascii") and got["size"] == [height, width]
+
+
+def test_decoding_many_strings_matches_one_at_a_time():
+  rng = np.random.default_rng(2)
+  masks = (rng.random((25, H, W)) < rng.random((25, 1, 1))).astype(np.uint8)
+  masks[0], masks[1] = 0, 1  # an empty and a full mask: one run, two runs starting with an empty one
+  strings = [rle.encode(m)["counts"] for m in masks]
+  strings[3] = strings[3].encode()  # bytes, as pycocotools and the records give them
+  decoded = rle.decode_many(strings, H, W)
+  assert decoded.shape == (25, H, W) and decoded.dtype == np.uint8
+  np.testing.assert_array_equal(decoded, masks)
+  for string, mask in zip(strings, decoded):
+    np.testing.assert_array_equal(rle.decode({"size": [H, W], "counts": string}), mask)
+
+
+@pytest.mark.parametrize("bad", ["", "zz", rle.encode(np.ones((H, W + 1), np.uint8))["counts"]])
+def test_decoding_many_strings_raises_as_decoding_the_bad_one_does(bad):
+  good = rle.encode(_rectangle_mask())["counts"]
+  with pytest.raises(InputError) as one:
+    rle.decode({"size": [H, W], "counts": bad})
+  with pytest.raises(InputError) as many:
+    rle.decode_many([good, bad, good], H, W)
+  assert str(many.value) == str(one.value)

@@ -96,17 +96,34 @@ def apply_to_mask(mask: np.ndarray, geometry: ClipGeometry) -> np.ndarray:
   """Source-size mask [h, w] -> resized (nearest), flipped and padded mask uint8 [H, W]."""
   if mask.shape != geometry.source_hw:
     raise ValueError(f"mask is {mask.shape}, expected {geometry.source_hw}")
+  return apply_to_masks(mask[None], geometry)[0]
+
+
+def apply_to_masks(masks: np.ndarray, geometry: ClipGeometry) -> np.ndarray:
+  """Source-size masks [N, h, w] -> resized (nearest), flipped and padded masks uint8 [N, H, W]."""
+  if masks.shape[1:] != geometry.source_hw:
+    raise ValueError(f"masks are {masks.shape[1:]}, expected {geometry.source_hw}")
   rows = nearest_indices(geometry.source_hw[0], geometry.resized_hw[0])
   cols = nearest_indices(geometry.source_hw[1], geometry.resized_hw[1])
   if geometry.flip:
     cols = cols[::-1]
-  return _pad(mask[rows[:, None], cols[None, :]].astype(np.uint8), geometry.padded_hw)
+  resized = masks[:, rows][:, :, cols].astype(np.uint8)  # two 1-D takes: cheaper than one 2-D fancy index
+  out = np.zeros((masks.shape[0],) + tuple(geometry.padded_hw), np.uint8)
+  out[:, :resized.shape[1], :resized.shape[2]] = resized
+  return out
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:
   """Tight box (x0, y0, x1, y1) in pixels with exclusive x1, y1, float32 [4]; zeros for an empty mask."""
-  rows = np.flatnonzero(mask.any(axis=1))
-  if rows.size == 0:
-    return np.zeros(4, np.float32)
-  cols = np.flatnonzero(mask.any(axis=0))
-  return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float32)
+  return mask_boxes(mask[None])[0]
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+  """Tight boxes of masks [..., H, W]: (x0, y0, x1, y1) in pixels with exclusive x1, y1, float32 [..., 4]; zeros
+  for an empty mask."""
+  rows, cols = masks.any(axis=-1), masks.any(axis=-2)  # [..., H], [..., W]
+  height, width = rows.shape[-1], cols.shape[-1]
+  y0, x0 = rows.argmax(axis=-1), cols.argmax(axis=-1)  # the first True
+  y1, x1 = height - rows[..., ::-1].argmax(axis=-1), width - cols[..., ::-1].argmax(axis=-1)  # past the last
+  boxes = np.stack([x0, y0, x1, y1], axis=-1).astype(np.float32)
+  return np.where(rows.any(axis=-1)[..., None], boxes, np.float32(0))

@@ -121,19 +121,24 @@ def _clip_masks(
   num_tracks = len(tracks["id"])
   out = np.zeros((num_tracks, len(frame_indices)) + geometry.padded_hw, np.uint8)
   height, width = int(record["height"]), int(record["width"])
-  for n in range(num_tracks):
-    for f, frame in enumerate(frame_indices):
-      if not tracks["present"][n][frame]:
-        continue
-      counts = tracks["rle_counts"][n][frame]
-      rle = {"size": [height, width], "counts": counts.decode() if isinstance(counts, bytes) else counts}
+  where = [(n, f) for n in range(num_tracks) for f, frame in enumerate(frame_indices) if tracks["present"][n][frame]]
+  if not where:
+    return out, np.zeros(out.shape[:2], bool)
+  counts = [tracks["rle_counts"][n][frame_indices[f]] for n, f in where]
+  try:
+    decoded = rle_lib.decode_many(counts, height, width)  # every mask of the clip at once
+  except (ValueError, TypeError):
+    for (n, f), c in zip(where, counts):  # one at a time, to name the bad one
       try:
-        out[n, f] = augment.apply_to_mask(rle_lib.decode(rle), geometry)
+        rle_lib.decode({"size": [height, width], "counts": c})
       except (ValueError, TypeError) as e:
         raise InputError(
-            f"{_video_label(record)}, frame {_frame_name(record, frame)}: bad mask of track "
+            f"{_video_label(record)}, frame {_frame_name(record, frame_indices[f])}: bad mask of track "
             f"{int(tracks['id'][n])}: {e}"
         ) from e
+    raise
+  rows, cols = np.asarray(where).T
+  out[rows, cols] = augment.apply_to_masks(decoded, geometry)
   return out, out.any(axis=(2, 3))
 
 
@@ -175,9 +180,7 @@ def make_clip(record: dict[str, Any], center: int, rng: np.random.Generator, spe
   present = np.zeros((len(frame_indices), m), bool)  # [F, M]
   present[:, :num] = track_present[slots].T
   boxes = np.zeros((len(frame_indices), m, 4), np.float32)  # [F, M, 4]
-  for f in range(len(frame_indices)):
-    for s in range(num):
-      boxes[f, s] = augment.mask_box(masks[f, s])
+  boxes[:, :num] = augment.mask_boxes(masks[:, :num])
 
   def slot_values(values: Any, dtype: Any, fill: Any) -> np.ndarray:
     out = np.full((m,), fill, dtype)

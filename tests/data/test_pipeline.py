@@ -13,6 +13,7 @@ from maskprop_jax import rle
 from maskprop_jax.data import augment
 from maskprop_jax.data import pipeline
 from maskprop_jax.data import prepare
+from maskprop_jax.errors import InputError
 
 IMAGE_HW = (80, 112)  # the shared synthetic frames are 64x96
 SCALE_RANGE = (48, 72)
@@ -197,3 +198,42 @@ def test_a_clip_without_tracks_is_all_padding(data):
   clip = pipeline.make_clip(record, 1, np.random.default_rng(0), spec)
   assert (clip["track_ids"] == -1).all() and not clip["present"].any() and not clip["masks"].any()
   assert clip["frames"].shape == (3, *IMAGE_HW, 3) and clip["frames"].any()
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_masks_of_a_clip_transform_as_each_one_alone(flip):
+  rng = np.random.default_rng(3)
+  masks = (rng.random((5, 30, 45)) < 0.3).astype(np.uint8)
+  geometry = augment.ClipGeometry((30, 45), (40, 60), (48, 64), flip)
+  rows, cols = augment.nearest_indices(30, 40), augment.nearest_indices(45, 60)
+  out = augment.apply_to_masks(masks, geometry)
+  assert out.shape == (5, 48, 64) and out.dtype == np.uint8 and not out[:, 40:].any() and not out[:, :, 60:].any()
+  for mask, got in zip(masks, out):
+    want = mask[rows[:, None], cols[None, :]]
+    np.testing.assert_array_equal(got[:40, :60], want[:, ::-1] if flip else want)
+    np.testing.assert_array_equal(augment.apply_to_mask(mask, geometry), got)
+
+
+def test_mask_boxes_are_the_tight_boxes_and_zero_for_empty_masks():
+  masks = np.zeros((2, 3, 10, 12), np.uint8)
+  masks[0, 0, 2:5, 3:9] = 1
+  masks[0, 1, 9, 11] = 1  # the last pixel
+  masks[1, 0, 0, :] = 1  # the first row
+  masks[1, 2, 4, 6] = masks[1, 2, 7, 1] = 1  # two pixels apart
+  boxes = augment.mask_boxes(masks)
+  assert boxes.shape == (2, 3, 4) and boxes.dtype == np.float32
+  np.testing.assert_array_equal(boxes, [[[3, 2, 9, 5], [11, 9, 12, 10], [0, 0, 0, 0]],
+                                        [[0, 0, 12, 1], [0, 0, 0, 0], [1, 4, 7, 8]]])
+  np.testing.assert_array_equal(augment.mask_box(masks[1, 2]), boxes[1, 2])
+
+
+def test_a_bad_mask_names_its_video_frame_and_track(data):
+  record = dict(prepare.open_records(prepare.prepared_dir(data[0], "synthetic"), "train")[0])
+  tracks = {key: list(value) for key, value in record["tracks"].items()}
+  n = next(i for i, present in enumerate(tracks["present"]) if present[1])
+  counts = [list(c) for c in tracks["rle_counts"]]
+  counts[n][1] = b"zz"
+  record["tracks"] = dict(tracks, rle_counts=counts)
+  spec = pipeline.ClipSpec(IMAGE_HW, 3, 0, 2, SCALE_RANGE, True)  # the center frame alone
+  with pytest.raises(InputError, match=rf"video .*frame .*: bad mask of track {int(tracks['id'][n])}: "):
+    pipeline.make_clip(record, 1, np.random.default_rng(0), spec)
