@@ -92,13 +92,6 @@ def apply_to_image(resized: np.ndarray, geometry: ClipGeometry) -> np.ndarray:
   return _pad(resized, geometry.padded_hw)
 
 
-def apply_to_mask(mask: np.ndarray, geometry: ClipGeometry) -> np.ndarray:
-  """Source-size mask [h, w] -> resized (nearest), flipped and padded mask uint8 [H, W]."""
-  if mask.shape != geometry.source_hw:
-    raise ValueError(f"mask is {mask.shape}, expected {geometry.source_hw}")
-  return apply_to_masks(mask[None], geometry)[0]
-
-
 def apply_to_masks(masks: np.ndarray, geometry: ClipGeometry) -> np.ndarray:
   """Source-size masks [N, h, w] -> resized (nearest), flipped and padded masks uint8 [N, H, W]."""
   if masks.shape[1:] != geometry.source_hw:
@@ -111,11 +104,6 @@ def apply_to_masks(masks: np.ndarray, geometry: ClipGeometry) -> np.ndarray:
   out = np.zeros((masks.shape[0],) + tuple(geometry.padded_hw), np.uint8)
   out[:, :resized.shape[1], :resized.shape[2]] = resized
   return out
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-  """Tight box (x0, y0, x1, y1) in pixels with exclusive x1, y1, float32 [4]; zeros for an empty mask."""
-  return mask_boxes(mask[None])[0]
 
 
 def mask_boxes(masks: np.ndarray) -> np.ndarray:

@@ -91,7 +91,7 @@ class _Representation:
     out = [dict(grid=self.to_grid(m)) for m in masks]
     for start in range(0, len(masks), MASKS_PER_CALL):
       chunk = np.stack(masks[start:start + MASKS_PER_CALL]).astype(np.float32)
-      tight = np.stack([augment.mask_box(m) for m in chunk])
+      tight = augment.mask_boxes(chunk)
       centers = np.asarray(_box_targets(jnp.asarray(chunk), jnp.asarray(tight), size=self.mask_size,
                                         aligned=self.aligned))
       windowed = self.refines and self.full_resolution

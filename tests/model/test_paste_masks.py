@@ -58,7 +58,7 @@ def test_aligned_targets_pasted_back_are_the_masks_they_came_from():
       shape = (yy - cy <= r) & (yy - cy >= -r) & (np.abs(xx - cx) <= (yy - cy + r) / 2)
     shapes.append(shape.astype(np.float32))
   masks = np.stack(shapes)
-  boxes = np.stack([augment.mask_box(m.astype(np.uint8)) for m in masks])
+  boxes = augment.mask_boxes(masks)
 
   def round_trip_iou(aligned):
     targets = roi_targets.project_masks_on_boxes(
