@@ -12,7 +12,9 @@ clones, the data generated in the run, each on an otherwise idle 2-core machine 
 2-core machine (AMD EPYC, family 25 model 1, AVX2 and no AVX-512) a step took 0.84-0.93 s instead: the same code
 and jax, about 2.2x slower. There, computing the weight gradients of 1x1 and strided convolutions as matmuls
 (model/conv_lowering.py) made the step 0.89x as long, and the run from a fresh clone took 30 min 48 s (against
-about 37 minutes before). Float rounding differs between machines, so the trained weights do too.
+about 37 minutes before); with the input pipeline's masks vectorised (0.78x a batch, the same batches bit for bit),
+29 min 8 s and the same 12 stats to the last digit (2026-12-07, session 17). Float rounding differs between
+machines, so the trained weights do too.
 
 Seeds, and what served what (issue "the main job learns the task"):
   - training videos: data.synthetic.seed 0 (train split, 120 videos);
@@ -82,6 +84,9 @@ training run each; a training seed alone moves AP by 0.005-0.017: --config.seed=
     frames' features held constant (no backbone gradient through them), 2,000 steps for a 0.88x step: 0.625 /
     0.499 (against 0.669 / 0.500, all with disjoint masks). More updates on fewer clips (batch 2) did not buy
     what the 2,700-step run's 1.5x clips did;
+  - training on a random 3 of each clip's 6 instance slots (a clip fills 3.2 on average; propagation costs the
+    same per slot, padding or not), a 0.884x step, for 2,000 steps (2026-12-07's machine, with the conv lowering;
+    every slot for 1,800 gives 0.656 / 0.510 there): 0.656 / 0.488, valid 0.496. Reverted;
   - extends-only clip tracks (inference.extend_score_thresh, extend_match_threshold; 2026-12-07's model, whose
     config gives 0.682 / 0.460 without them): 0.1 and 0.3 0.682 / 0.485 (kept); 0.05 and 0.3 0.681 / 0.485; 0.2
     and 0.3 0.682 / 0.476; 0.1 with a match threshold of 0.1 / 0.2 / 0.4 / 0.5: 0.680 / 0.484, 0.680 / 0.480,
