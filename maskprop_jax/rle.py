@@ -83,9 +83,7 @@ def decode_many(counts: Sequence[str | bytes], height: int, width: int) -> np.nd
   input pipeline's mask work). Raises InputError as `decode` does, for the first bad string.
   """
   runs, owner, malformed = _parse_counts([_as_bytes(c) for c in counts])
-  covered = np.bincount(owner, weights=runs, minlength=len(counts))
-  negative = np.bincount(owner, weights=runs < 0, minlength=len(counts)) > 0
-  bad = malformed | negative | (covered != height * width)
+  bad = _covered(runs, owner, malformed) != height * width
   if bad.any():  # decode says what is wrong with it
     decode({"size": [height, width], "counts": counts[int(np.flatnonzero(bad)[0])]})
   # Runs alternate background/foreground from each string's first run and walk down the columns.
@@ -286,10 +284,15 @@ def measure_counts(counts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarra
   """
   runs, owner, malformed = _parse_counts([_as_bytes(c) for c in counts])
   index_in_string = np.arange(owner.size) - _first_of_segment(owner)
-  covered = np.bincount(owner, weights=runs, minlength=len(counts)).astype(np.int64)  # [S]
   foreground = np.bincount(owner, weights=runs * (index_in_string % 2), minlength=len(counts)).astype(np.int64)
-  negative = np.bincount(owner, weights=runs < 0, minlength=len(counts)) > 0
-  return np.where(malformed | negative, -1, covered), foreground
+  return _covered(runs, owner, malformed), foreground
+
+
+def _covered(runs: np.ndarray, owner: np.ndarray, malformed: np.ndarray) -> np.ndarray:
+  """Pixels the runs of each string cover, int64 [S]; -1 for a malformed string or one with a negative run."""
+  covered = np.bincount(owner, weights=runs, minlength=malformed.size).astype(np.int64)
+  negative = np.bincount(owner, weights=runs < 0, minlength=malformed.size) > 0
+  return np.where(malformed | negative, -1, covered)
 
 
 def _preview(counts: str) -> str:
