@@ -46,6 +46,10 @@ from maskprop_jax.training import runs
 
 TRACK_SLOTS = 8  # tracks propagated per call: one compiled program for any number of tracks on a frame
 METHODS = ("propagated", "copy_grid", "copy_full")
+# Bins of an object's shift from c to c+d in feature cells: the offset block sees about +-3 cells around each
+# location (three 3x3 convolutions), so a shift beyond that is one it can only guess from context.
+SHIFT_EDGES = (1.0, 2.0, 4.0, 8.0)
+SHIFT_NAMES = ("<1", "1-2", "2-4", "4-8", ">=8")
 
 
 @dataclasses.dataclass
@@ -56,12 +60,16 @@ class PairIous:
   ious: dict[int, list[np.ndarray]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
   present: dict[int, list[bool]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
   areas: dict[int, list[int]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+  shifts: dict[int, list[float]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
   num_center_tracks: int = 0
 
-  def add(self, distance: int, ious: np.ndarray, present: bool, area: int) -> None:
+  def add(self, distance: int, ious: np.ndarray, present: bool, area: int, shift: float = np.nan) -> None:
+    """`shift`: how far the object's centroid moved from c to c+d, in cells of the propagation level's features
+    (NaN where it is absent on either frame)."""
     self.ious[distance].append(ious)
     self.present[distance].append(present)
     self.areas[distance].append(area)
+    self.shifts[distance].append(shift)
 
 
 @dataclasses.dataclass
@@ -123,6 +131,14 @@ class _Upsampler:
     return self.ry @ grid @ self.rx.T >= self.threshold
 
 
+def centroid(mask: np.ndarray | None) -> np.ndarray | None:
+  """(y, x) mean of a binary mask's pixels; None for an absent or empty mask."""
+  if mask is None or not mask.any():
+    return None
+  ys, xs = np.nonzero(mask)
+  return np.array([ys.mean(), xs.mean()])
+
+
 def _track_masks(track: ytvis.Track, num_frames: int) -> list[np.ndarray | None]:
   return [None if track.segmentations[f] is None else rle.decode(track.segmentations[f]).astype(bool)
           for f in range(num_frames)]
@@ -155,6 +171,9 @@ def measure_video(model: maskprop.MaskProp, video: video_reader.VideoFrames, tra
   tracks = [t for t in tracks if not t.iscrowd]
   gt = [_track_masks(t, video.num_frames) for t in tracks]  # [track][frame] bool [H, W] or None
   # A category the model does not predict gets label 0, which no detection has.
+  # Video pixels per cell of the propagation level's features (the level's stride on the resized frame).
+  cell = model.stride * video_hw[0] / geometry.resized_hw[0]
+  centroids = [[centroid(m) for m in masks] for masks in gt]
   gt_labels = np.asarray([category_ids.index(t.category_id) + 1 if t.category_id in category_ids else 0
                           for t in tracks], np.int64)
   empty = np.zeros(video_hw, bool)
@@ -193,7 +212,9 @@ def measure_video(model: maskprop.MaskProp, video: video_reader.VideoFrames, tra
           ious = np.array([mask_iou(propagated[row, slot], target), mask_iou(copy_grid[slot], target),
                            mask_iou(gt[k][center], target)])
           area = int(gt[k][f].sum()) if gt[k][f] is not None else 0
-          result.add(abs(f - center), ious, gt[k][f] is not None, area)
+          start, end = centroids[k][center], centroids[k][f]
+          shift = np.nan if start is None or end is None else float(np.hypot(*(end - start))) / cell
+          result.add(abs(f - center), ious, gt[k][f] is not None, area, shift)
 
 
 def measure(model: maskprop.MaskProp, dataset: ytvis.YTVISDataset, settings: predictor.ClipSettings,
@@ -243,6 +264,19 @@ def format_size_table(result: PairIous) -> str:
   groups = size_groups([area for _, area in pairs])  # [N]
   lines = ["present pairs by GT mask area on c+d (pixels); mean mask IoU", _header("area")]
   for index, name in enumerate(SIZE_NAMES):
+    lines.append(_row(name, [iou for (iou, _), group in zip(pairs, groups) if group == index]))
+  return "\n".join(lines)
+
+
+def format_shift_table(result: PairIous) -> str:
+  """Mean IoU of each method over the pairs whose track is present on c and c+d, by how far it moved between them
+  in feature cells: where propagation stops following the object."""
+  pairs = [(iou, shift) for d in sorted(result.ious) for iou, shift in zip(result.ious[d], result.shifts[d])
+           if np.isfinite(shift)]
+  groups = np.searchsorted(SHIFT_EDGES, [shift for _, shift in pairs], side="right")
+  lines = ["present pairs by the object's centroid shift from c to c+d (cells of the propagation level); mean mask "
+           "IoU", _header("shift")]
+  for index, name in enumerate(SHIFT_NAMES):
     lines.append(_row(name, [iou for (iou, _), group in zip(pairs, groups) if group == index]))
   return "\n".join(lines)
 
@@ -308,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
                              f"T={config.inference.half_window}; mean mask IoU"))
   print()
   print(format_size_table(result))
+  print()
+  print(format_shift_table(result))
   print()
   print(format_detection_table(detections, settings.score_thresh))
   sys.stdout.flush()

@@ -91,6 +91,22 @@ def test_pairs_are_grouped_by_the_area_of_the_target_mask():
       "0", "nan", "nan", "nan"]
 
 
+def test_pairs_are_grouped_by_the_shift_of_the_object():
+  result = propagation_eval.PairIous()
+  for shift, iou in [(np.nan, 0.0), (0.5, 0.9), (1.0, 0.7), (1.9, 0.5), (3.0, 0.4), (7.9, 0.2), (8.0, 0.1),
+                     (20.0, 0.3)]:
+    result.add(2, np.full(3, iou), np.isfinite(shift), 50, shift)  # absent on c or c+d (NaN): left out
+  rows = propagation_eval.format_shift_table(result).splitlines()[2:]
+  assert [row.split()[:2] for row in rows] == [["<1", "1"], ["1-2", "2"], ["2-4", "1"], ["4-8", "1"], [">=8", "2"]]
+  np.testing.assert_allclose([float(row.split()[2]) for row in rows], [0.9, 0.6, 0.4, 0.2, 0.2])
+
+
+def test_centroid_of_a_mask():
+  np.testing.assert_allclose(propagation_eval.centroid(_box(2, 10, 4, 6)), [3.5, 12.5])
+  assert propagation_eval.centroid(np.zeros((4, 4), bool)) is None
+  assert propagation_eval.centroid(None) is None
+
+
 def _box(top, left, height, width, hw=(40, 60)):
   mask = np.zeros(hw, bool)
   mask[top:top + height, left:left + width] = True
@@ -131,10 +147,11 @@ def test_command_line_prints_the_tables(tmp_path, synthetic_dataset_dir, capsys)
   save_tiny_run(tmp_path, config, tiny_model(config))
   propagation_eval.main(["--workdir", str(tmp_path)])
   tables = capsys.readouterr().out.split("\n\n")
-  assert len(tables) == 3 and "valid: 2 videos" in tables[0] and "copy (full res)" in tables[0]
+  assert len(tables) == 4 and "valid: 2 videos" in tables[0] and "copy (full res)" in tables[0]
   assert [line.split()[0] for line in tables[0].splitlines()[2:]] == ["1", "2", "all", "all,"]
   assert [line.split()[0] for line in tables[1].splitlines()[2:]] == ["<100", "100-400", "400-1600", ">=1600"]
-  assert [line.split()[0] for line in tables[2].splitlines()[2:-1]] == ["<100", "100-400", "400-1600", ">=1600",
+  assert [line.split()[0] for line in tables[2].splitlines()[2:]] == ["<1", "1-2", "2-4", "4-8", ">=8"]
+  assert [line.split()[0] for line in tables[3].splitlines()[2:-1]] == ["<100", "100-400", "400-1600", ">=1600",
                                                                         "all"]
 
 
