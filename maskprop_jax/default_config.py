@@ -51,7 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
       upsample=2, impl="auto", loss_weight=1.0,
       # Widths of the 3x3 convs that refine each propagated mask on its frame's pixels (model/propagation_refiner.py,
       # the paper's high-resolution refinement in our form); () = none.
-      refine_layers=()))
+      refine_layers=(),
+      # A motion prior for the offsets (model/motion.py): each location's displacement back to the center frame,
+      # by correlating the frames' features pooled motion_stride x coarser within motion_radius coarse cells,
+      # projected to motion_width channels; 0 = none, the paper's offset block alone.
+      motion_radius=0, motion_width=16, motion_stride=2))
   # "bfloat16": activations, convolutions and matmuls in bfloat16, the rest float32 (model/precision.py); for GPUs
   # and TPUs.
   config.model.compute_dtype = "float32"

@@ -17,6 +17,10 @@ with R warps of one frame: with impl "auto" it projects f_t by the weights once,
 later layers, if any, warp each instance's features with their own offsets. Shapes are static: I instance slots
 with a validity mask.
 
+With `motion_radius` r > 0 a motion prior (model/motion.py) adds to every tap's offset where each location's
+content was in the center frame, found by correlating the two frames within r coarse cells: the offset block sees
+only +-3 cells, and objects move farther than that within a clip.
+
 Work that depends on one frame alone is done once per frame (`frame_terms`), not once per clip containing the
 frame: the foreground logits, and the offset block's first convolution, which is linear and comes before any
 non-linearity, so conv(f_t - f_{t+d}) = conv'(f_t) - conv'(f_{t+d}) + b with conv' the convolution without its
@@ -37,7 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maskprop_jax import kernels
-from maskprop_jax.model import precision
+from maskprop_jax.model import motion, precision
 from maskprop_jax.model.conv_lowering import conv_general_dilated
 
 
@@ -64,6 +68,7 @@ class FrameTerms(NamedTuple):
   features: jax.Array  # [N, H, W, C] f, the propagation level's features
   offset_term: jax.Array  # [N, H, W, offset_width] conv'(f): the offset block's first conv without its bias
   foreground: jax.Array | None  # [N, uH, uW] foreground logits, None without the gate
+  motion: jax.Array | None = None  # [N, H/s, W/s, c] the motion prior's embeddings, None without the prior
 
 
 class OffsetBlock(nnx.Module):
@@ -104,7 +109,8 @@ class PropagationHead(nnx.Module):
 
   def __init__(self, channels: int = 256, *, offset_width: int = 128, num_deform_layers: int = 1,
                kernel_size: int = 3, head_width: int = 128, head_depth: int = 0, use_foreground: bool = True,
-               upsample: int = 1, impl: str = "auto", rngs: nnx.Rngs):
+               upsample: int = 1, impl: str = "auto", motion_radius: int = 0, motion_width: int = 16,
+               motion_stride: int = 2, rngs: nnx.Rngs):
     if upsample < 1:
       raise ValueError(f"upsample must be a positive integer, got {upsample}")
     self.impl = impl
@@ -123,10 +129,23 @@ class PropagationHead(nnx.Module):
     # Empty when the foreground gate is off (an attribute's kind, data or static, is fixed at construction).
     self.foreground = nnx.List(
         [_conv(channels, head_width, 3, rngs=rngs), _conv(head_width, outputs, 1, rngs=rngs)] if use_foreground else [])
+    self.motion = nnx.List([motion.MotionPrior(channels, radius=motion_radius, width=motion_width,
+                                               stride=motion_stride, rngs=rngs)] if motion_radius else [])
 
   def frame_terms(self, features: jax.Array) -> FrameTerms:
     """The per-frame terms of frames [N, H, W, C]: computed once per frame, whatever the clips it is in."""
-    return FrameTerms(features, self.offsets.frame_term(features), self.foreground_logits(features))
+    embedding = self.motion[0].embed(features) if len(self.motion) else None
+    return FrameTerms(features, self.offsets.frame_term(features), self.foreground_logits(features), embedding)
+
+  def _with_motion(self, offsets: list[jax.Array], center_embedding: jax.Array | None,
+                   reference_embedding: jax.Array | None) -> list[jax.Array]:
+    """Each deformable layer's offsets [M, H, W, 1, K, 2] plus the motion prior's displacement (every tap), toward
+    M reference frames (R consecutive ones per center frame)."""
+    if not len(self.motion):
+      return offsets
+    repeats = reference_embedding.shape[0] // center_embedding.shape[0]
+    shift = self.motion[0].displacements(jnp.repeat(center_embedding, repeats, axis=0), reference_embedding)
+    return [layer + shift[:, :, :, None, None, :] for layer in offsets]
 
   def foreground_logits(self, features: jax.Array) -> jax.Array | None:
     """Instance-agnostic foreground logits [N, uH, uW] of frames [N, H, W, C]; None without the gate."""
@@ -200,6 +219,8 @@ class PropagationHead(nnx.Module):
     """
     repeats = references.shape[0] // center.shape[0]
     offsets = self.offsets(jnp.repeat(center, repeats, axis=0) - references)
+    if len(self.motion):
+      offsets = self._with_motion(offsets, self.motion[0].embed(center), self.motion[0].embed(references))
     logits = self.instance_logits(center, instance_masks, offsets, references)
     return logits, self.foreground_logits(references)
 
@@ -207,6 +228,7 @@ class PropagationHead(nnx.Module):
                        references: FrameTerms) -> tuple[jax.Array, jax.Array | None]:
     """As __call__, from per-frame terms computed once per frame (inference): equal up to rounding."""
     offsets = self.offsets.from_frame_terms(center.offset_term, references.offset_term)
+    offsets = self._with_motion(offsets, center.motion, references.motion)
     logits = self.instance_logits(center.features, instance_masks, offsets, references.features)
     return logits, references.foreground
 

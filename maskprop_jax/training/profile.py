@@ -152,6 +152,7 @@ MODEL_RULES: tuple[tuple[str, str | None, str], ...] = (
     ("kernels/xla_impl.py", None, "propagation.deform_conv"),
     ("kernels/deform_conv.py", None, "propagation.deform_conv"),
     ("model/propagation.py", r"OffsetBlock\..*", "propagation.offsets"),
+    ("model/motion.py", None, "propagation.motion"),
     ("model/propagation.py", r"PropagationHead\.warp", "propagation.deform_conv"),
     ("model/propagation.py", r"PropagationHead\.foreground_logits", "propagation.foreground"),
     ("model/propagation.py", r"PropagationHead\.(instance_logits|__call__)|depth_to_space", "propagation.head"),
