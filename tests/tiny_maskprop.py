@@ -4,6 +4,7 @@ from pathlib import Path
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -14,6 +15,7 @@ from maskprop_jax.model import maskprop
 from maskprop_jax.model.config import tiny_mask_rcnn_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CANVAS_HW = (32, 64)  # tiny_config's 32x48 frames padded to a multiple of 32
 
 
 def tiny_config(num_classes: int = 6, half_window: int = 2, frame_hw: tuple[int, int] = (32, 48)
@@ -73,3 +75,35 @@ def save_tiny_run(workdir: Path, config: ml_collections.ConfigDict, model: maskp
   manager = checkpointing.create_manager(workdir, keep=1, save_every=1)
   checkpointing.save(manager, 1, state, iter(grain.MapDataset.range(4).to_iter_dataset()), force=True)
   manager.wait_until_finished()
+
+
+def clip_batch(seed: int = 0, batch_size: int = 2, num_frames: int = 3, max_instances: int = 3):
+  """A training batch of tiny_config's frames as data/pipeline.py makes it: uint8 canvases, box-shaped masks, a padding slot and a crowd."""
+  rng = np.random.default_rng(seed)
+  height, width = CANVAS_HW
+  image_hw = np.asarray([[32, 48], [32, 40]], np.int32)[:batch_size]
+  frames = np.zeros((batch_size, num_frames, height, width, 3), np.uint8)
+  boxes = np.zeros((batch_size, num_frames, max_instances, 4), np.float32)
+  masks = np.zeros((batch_size, num_frames, max_instances, height, width), np.uint8)
+  for b in range(batch_size):
+    h, w = image_hw[b]
+    frames[b, :, :h, :w] = rng.integers(0, 256, (num_frames, h, w, 3))
+    for f in range(num_frames):
+      for m in range(max_instances):
+        x0, y0 = rng.integers(0, w - 12), rng.integers(0, h - 12)
+        x1, y1 = x0 + rng.integers(8, 12), y0 + rng.integers(8, 12)
+        boxes[b, f, m] = (x0, y0, x1, y1)
+        masks[b, f, m, y0:y1, x0:x1] = 1
+  present = np.ones((batch_size, num_frames, max_instances), bool)
+  present[0, 2, 1] = False  # leaves the clip
+  present[1, 0, 0] = False  # enters after the center frame
+  classes = rng.integers(1, 7, (batch_size, max_instances)).astype(np.int32)
+  classes[1, 2] = 0  # a padding slot
+  present[1, :, 2] = False
+  masks[1, :, 2] = 0
+  boxes[1, :, 2] = 0
+  crowd = np.zeros((batch_size, max_instances), bool)
+  crowd[0, 2] = True
+  return {name: jnp.asarray(value) for name, value in dict(
+      frames=frames, image_hw=image_hw, boxes=boxes, masks=masks, present=present, classes=classes,
+      crowd=crowd).items()}

@@ -11,10 +11,13 @@ thresholded as linking does, and its IoU with the track's ground truth on c+d is
 mask to c+d: copied from the same grid (the branch's very input, so the difference is what propagation adds) and
 copied at full resolution. A frame where the track is absent scores 1 for an empty mask and 0 for any other; the
 last row keeps only the frames where it is present. A second table splits the present pairs by the ground-truth
-mask's area on c+d (diagnose.py's size bins): small objects are where a coarse grid loses most.
+mask's area on c+d (diagnose.py's size bins): small objects are where a coarse grid loses most. A third splits
+the pairs present on both frames by how far the object's centroid moved from c to c+d, in cells of the propagation
+level's features: the offset block sees about +-3 cells, and beyond them only the motion prior (model/motion.py)
+can find the object.
 
 On each center frame the detector runs as inference runs it (the detections that become clip tracks), and each
-non-crowd ground-truth track there is matched to the detection of highest mask IoU, of any class: a third table
+non-crowd ground-truth track there is matched to the detection of highest mask IoU, of any class: a fourth table
 gives, by the track's area on c, how many are found (IoU >= 0.5), how many of those with the right class, and the
 mean best IoU; a last line the detections per center frame and the share that match no ground truth. Together
 they say whether the video AP is lost at detection (missed, misclassified, spurious) or at propagation.

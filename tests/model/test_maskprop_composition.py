@@ -20,9 +20,7 @@ from flax import nnx
 from maskprop_jax.model import mask_rcnn, maskprop, propagation, transform
 from maskprop_jax.model.roi_heads import select_class_masks
 from tiny_config import fast_compilation  # noqa: F401 (a fixture)
-from tiny_maskprop import tiny_config, tiny_model
-
-CANVAS_HW = (32, 64)  # tiny_config's 32x48 frames padded to a multiple of 32
+from tiny_maskprop import CANVAS_HW, clip_batch, tiny_config, tiny_model
 
 # Both sides compile with the same (fewer) XLA passes: the same graph gives the same bits, in half the time.
 pytestmark = pytest.mark.usefixtures("fast_compilation")
@@ -122,38 +120,6 @@ def model(config):
   return tiny_model(config)
 
 
-def _clip_batch(seed: int = 0, batch_size: int = 2, num_frames: int = 3, max_instances: int = 3):
-  """A batch as data/pipeline.py makes it: uint8 canvases, box-shaped masks, a padding slot and a crowd."""
-  rng = np.random.default_rng(seed)
-  height, width = CANVAS_HW
-  image_hw = np.asarray([[32, 48], [32, 40]], np.int32)[:batch_size]
-  frames = np.zeros((batch_size, num_frames, height, width, 3), np.uint8)
-  boxes = np.zeros((batch_size, num_frames, max_instances, 4), np.float32)
-  masks = np.zeros((batch_size, num_frames, max_instances, height, width), np.uint8)
-  for b in range(batch_size):
-    h, w = image_hw[b]
-    frames[b, :, :h, :w] = rng.integers(0, 256, (num_frames, h, w, 3))
-    for f in range(num_frames):
-      for m in range(max_instances):
-        x0, y0 = rng.integers(0, w - 12), rng.integers(0, h - 12)
-        x1, y1 = x0 + rng.integers(8, 12), y0 + rng.integers(8, 12)
-        boxes[b, f, m] = (x0, y0, x1, y1)
-        masks[b, f, m, y0:y1, x0:x1] = 1
-  present = np.ones((batch_size, num_frames, max_instances), bool)
-  present[0, 2, 1] = False  # leaves the clip
-  present[1, 0, 0] = False  # enters after the center frame
-  classes = rng.integers(1, 7, (batch_size, max_instances)).astype(np.int32)
-  classes[1, 2] = 0  # a padding slot
-  present[1, :, 2] = False
-  masks[1, :, 2] = 0
-  boxes[1, :, 2] = 0
-  crowd = np.zeros((batch_size, max_instances), bool)
-  crowd[0, 2] = True
-  return {name: jnp.asarray(value) for name, value in dict(
-      frames=frames, image_hw=image_hw, boxes=boxes, masks=masks, present=present, classes=classes,
-      crowd=crowd).items()}
-
-
 def _assert_trees_equal(got, want):
   got_leaves, got_def = jax.tree.flatten(got)
   want_leaves, want_def = jax.tree.flatten(want)
@@ -176,7 +142,7 @@ def test_compute_losses_and_gradients_are_bitwise_the_old_wiring(model):
   model = nnx.clone(model)
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  batch, key = _clip_batch(), jax.random.key(3)
+  batch, key = clip_batch(), jax.random.key(3)
 
   @functools.partial(jax.jit, static_argnums=0)
   def value_and_grad(compute_losses, params, batch, key):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskprop_jax.model import motion, propagation
+from maskprop_jax.model import maskprop, motion, propagation
+from tiny_maskprop import clip_batch, tiny_config, tiny_model
 
 C, H, W = 8, 24, 32
 
@@ -98,3 +99,25 @@ def test_the_temperature_and_projection_get_gradients():
   prior = grads.motion[0]
   assert np.isfinite(float(prior.log_temperature[...])) and float(jnp.abs(prior.log_temperature[...])) > 0
   assert float(jnp.max(jnp.abs(prior.project.kernel[...]))) > 0
+
+
+def test_maskprop_builds_the_prior_from_its_config_and_its_loss_trains_it():
+  config = tiny_config()
+  assert not len(tiny_model(config).propagation.motion)  # the default: the paper's offset block alone
+  config.model.propagation.motion_radius = 1  # level 1 of a 32x64 canvas: 4x8 cells, 2x4 pooled
+  model = tiny_model(config)
+  model.train()
+  assert model.propagation.motion[0].radius == 1
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  @jax.jit
+  def value_and_grad(params, batch, key):
+    def loss(params):
+      return maskprop.compute_losses(nnx.merge(graphdef, params, rest), batch, key)
+    return jax.value_and_grad(loss, has_aux=True)(params)
+
+  (total, losses), grads = value_and_grad(params, clip_batch(), jax.random.key(0))
+  assert np.isfinite(float(total)) and float(losses["loss_propagation"]) > 0
+  prior = grads["propagation"]["motion"][0]
+  assert float(jnp.abs(prior["log_temperature"][...])) > 0
+  assert float(jnp.max(jnp.abs(prior["project"]["kernel"][...]))) > 0
