@@ -134,8 +134,12 @@ class PropagationHead(nnx.Module):
 
   def frame_terms(self, features: jax.Array) -> FrameTerms:
     """The per-frame terms of frames [N, H, W, C]: computed once per frame, whatever the clips it is in."""
-    embedding = self.motion[0].embed(features) if len(self.motion) else None
-    return FrameTerms(features, self.offsets.frame_term(features), self.foreground_logits(features), embedding)
+    return FrameTerms(features, self.offsets.frame_term(features), self.foreground_logits(features),
+                      self._motion_embedding(features))
+
+  def _motion_embedding(self, features: jax.Array) -> jax.Array | None:
+    """The motion prior's per-frame embeddings of frames [N, H, W, C]; None without the prior."""
+    return self.motion[0].embed(features) if len(self.motion) else None
 
   def _with_motion(self, offsets: list[jax.Array], center_embedding: jax.Array | None,
                    reference_embedding: jax.Array | None) -> list[jax.Array]:
@@ -219,8 +223,7 @@ class PropagationHead(nnx.Module):
     """
     repeats = references.shape[0] // center.shape[0]
     offsets = self.offsets(jnp.repeat(center, repeats, axis=0) - references)
-    if len(self.motion):
-      offsets = self._with_motion(offsets, self.motion[0].embed(center), self.motion[0].embed(references))
+    offsets = self._with_motion(offsets, self._motion_embedding(center), self._motion_embedding(references))
     logits = self.instance_logits(center, instance_masks, offsets, references)
     return logits, self.foreground_logits(references)
 
