@@ -93,8 +93,7 @@ def test_maskprop_trains_and_infers_with_the_refiner():
   center-frame masks are the refined ones."""
   from maskprop_jax.inference import predictor as inference
   from maskprop_jax.model import maskprop
-  from tiny_maskprop import tiny_config, tiny_model
-  from test_maskprop_composition import _clip_batch
+  from tiny_maskprop import clip_batch, tiny_config, tiny_model
 
   config = tiny_config()
   config.model.detector.roi_heads.mask_refine_layers = (8,)
@@ -104,7 +103,7 @@ def test_maskprop_trains_and_infers_with_the_refiner():
   train_model = nnx.clone(model)
   train_model.train()
   graphdef, params, rest = nnx.split(train_model, nnx.Param, ...)
-  loss = jax.jit(jax.grad(lambda p: maskprop.compute_losses(nnx.merge(graphdef, p, rest), _clip_batch(),
+  loss = jax.jit(jax.grad(lambda p: maskprop.compute_losses(nnx.merge(graphdef, p, rest), clip_batch(),
                                                             jax.random.key(0))[0]))
   grads = loss(params)
   assert float(jnp.abs(grads["detector"]["roi_heads"]["mask_refiner"][0]["convs"][0]["kernel"][...]).max()) > 0

@@ -10,7 +10,7 @@ from flax import nnx
 from maskprop_jax import rle
 from maskprop_jax.inference import predictor as inference
 from maskprop_jax.model import maskprop
-from tiny_maskprop import tiny_config, tiny_model
+from tiny_maskprop import clip_batch, tiny_config, tiny_model
 
 VIDEO_HW = (32, 48)
 
@@ -110,13 +110,12 @@ def test_a_bfloat16_predictor_runs_end_to_end(models):
 def _train(dtype: str, steps: int) -> list[float]:
   """Total losses of `steps` Adam steps of the tiny model on one clip batch, in `dtype`."""
   import optax  # noqa: PLC0415
-  from test_maskprop_composition import _clip_batch  # noqa: PLC0415
 
   model = tiny_model(_config(dtype), confident_masks=False)
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adam(1e-3)
-  batch = _clip_batch()
+  batch = clip_batch()
 
   @jax.jit
   def step(params, opt_state, key):

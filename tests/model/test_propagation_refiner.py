@@ -83,8 +83,7 @@ def test_the_loss_trains_the_refiner_towards_the_truth():
 
 def test_maskprop_trains_and_propagates_with_the_refiner():
   from maskprop_jax.inference import predictor as inference
-  from tiny_maskprop import tiny_config, tiny_model
-  from test_maskprop_composition import _clip_batch
+  from tiny_maskprop import clip_batch, tiny_config, tiny_model
 
   config = tiny_config()
   config.model.propagation.refine_layers = (4,)
@@ -94,7 +93,7 @@ def test_maskprop_trains_and_propagates_with_the_refiner():
   graphdef, params, rest = nnx.split(train_model, nnx.Param, ...)
 
   def total(params):
-    return maskprop.compute_losses(nnx.merge(graphdef, params, rest), _clip_batch(), jax.random.key(0))
+    return maskprop.compute_losses(nnx.merge(graphdef, params, rest), clip_batch(), jax.random.key(0))
 
   (_, losses), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(params)
   assert "loss_refine" in losses and np.isfinite(float(losses["loss_refine"]))
