@@ -54,8 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
       refine_layers=(),
       # A motion prior for the offsets (model/motion.py): each location's displacement back to the center frame,
       # by correlating the frames' features pooled motion_stride x coarser within motion_radius coarse cells,
-      # projected to motion_width channels; 0 = none, the paper's offset block alone.
-      motion_radius=0, motion_width=16, motion_stride=2))
+      # projected to motion_width channels; 0 = none, the paper's offset block alone. motion_align: the offset
+      # block reads the frames' difference after the prior's displacement instead of at the same location.
+      motion_radius=0, motion_width=16, motion_stride=2, motion_align=False))
   # "bfloat16": activations, convolutions and matmuls in bfloat16, the rest float32 (model/precision.py); for GPUs
   # and TPUs.
   config.model.compute_dtype = "float32"

@@ -92,7 +92,8 @@ class MaskProp(nnx.Module):
         config.detector.backbone.fpn_channels, offset_width=p.offset_width, num_deform_layers=p.num_deform_layers,
         kernel_size=p.kernel_size, head_width=p.head_width, head_depth=p.head_depth,
         use_foreground=p.use_foreground, upsample=p.upsample, impl=p.impl, motion_radius=p.get("motion_radius", 0),
-        motion_width=p.get("motion_width", 16), motion_stride=p.get("motion_stride", 2), rngs=rngs)
+        motion_width=p.get("motion_width", 16), motion_stride=p.get("motion_stride", 2),
+        motion_align=p.get("motion_align", False), rngs=rngs)
     refine_layers = tuple(p.get("refine_layers", ()))
     # Empty without a refiner (an attribute's kind, data or static, is fixed at construction).
     self.propagation_refiner = nnx.List(

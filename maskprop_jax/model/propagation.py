@@ -19,7 +19,10 @@ with a validity mask.
 
 With `motion_radius` r > 0 a motion prior (model/motion.py) adds to every tap's offset where each location's
 content was in the center frame, found by correlating the two frames within r coarse cells: the offset block sees
-only +-3 cells, and objects move farther than that within a clip.
+only +-3 cells, and objects move farther than that within a clip. With `motion_align` too, the offset block reads
+the difference after that displacement (PWC-Net's warping before refinement): its first convolution of the center
+frame, conv'(f_t), is sampled at x + prior(x) before conv'(f_{t+d}) is subtracted, so the block compares the two
+frames where the prior says they match and its +-3 cells correct the prior instead of guessing past it.
 
 Work that depends on one frame alone is done once per frame (`frame_terms`), not once per clip containing the
 frame: the foreground logits, and the offset block's first convolution, which is linear and comes before any
@@ -62,6 +65,14 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rn
                   conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
+def warp_by(x: jax.Array, shift: jax.Array) -> jax.Array:
+  """x [M, H, W, D] read at every location p + shift(p), shift [M, H, W, 2] (dy, dx): bilinear, zero outside the
+  frame. A deformable 1x1 convolution with the identity weight: the project's one bilinear sampler."""
+  identity = jnp.eye(x.shape[-1], dtype=x.dtype)[None, None]  # [1, 1, D, D]
+  return kernels.deform_conv2d(x, shift[:, :, :, None, None, :].astype(jnp.float32), identity, stride=1, padding=0,
+                               dilation=1, offset_groups=1, impl="xla")
+
+
 class FrameTerms(NamedTuple):
   """What propagation needs of one frame alone, computed once per frame (`PropagationHead.frame_terms`)."""
 
@@ -89,10 +100,14 @@ class OffsetBlock(nnx.Module):
     """conv'(f), the first conv without its bias b: conv(f_t - f_{t+d}) = conv'(f_t) - conv'(f_{t+d}) + b."""
     return self.conv1(features) - self.conv1.bias[...]
 
-  def from_frame_terms(self, center: jax.Array, references: jax.Array) -> list[jax.Array]:
+  def from_frame_terms(self, center: jax.Array, references: jax.Array,
+                       shift: jax.Array | None = None) -> list[jax.Array]:
     """Offsets toward each reference frame from cached frame terms: center [N, H, W, D], references
-    [N*R, H, W, D] (R per center frame) -> L x [N*R, H, W, 1, K, 2]."""
+    [N*R, H, W, D] (R per center frame) -> L x [N*R, H, W, 1, K, 2]. With `shift` [N*R, H, W, 2] (dy, dx in
+    cells), the center's term is read at x + shift(x): the difference after warping the center frame."""
     center = jnp.repeat(center, references.shape[0] // center.shape[0], axis=0)
+    if shift is not None:
+      center = warp_by(center, shift)
     return self._from_first_conv(center - references + self.conv1.bias[...])
 
   def _from_first_conv(self, first: jax.Array) -> list[jax.Array]:
@@ -110,7 +125,7 @@ class PropagationHead(nnx.Module):
   def __init__(self, channels: int = 256, *, offset_width: int = 128, num_deform_layers: int = 1,
                kernel_size: int = 3, head_width: int = 128, head_depth: int = 0, use_foreground: bool = True,
                upsample: int = 1, impl: str = "auto", motion_radius: int = 0, motion_width: int = 16,
-               motion_stride: int = 2, rngs: nnx.Rngs):
+               motion_stride: int = 2, motion_align: bool = False, rngs: nnx.Rngs):
     if upsample < 1:
       raise ValueError(f"upsample must be a positive integer, got {upsample}")
     self.impl = impl
@@ -131,6 +146,9 @@ class PropagationHead(nnx.Module):
         [_conv(channels, head_width, 3, rngs=rngs), _conv(head_width, outputs, 1, rngs=rngs)] if use_foreground else [])
     self.motion = nnx.List([motion.MotionPrior(channels, radius=motion_radius, width=motion_width,
                                                stride=motion_stride, rngs=rngs)] if motion_radius else [])
+    if motion_align and not motion_radius:
+      raise ValueError("motion_align warps by the motion prior: it needs motion_radius > 0")
+    self.motion_align = motion_align
 
   def frame_terms(self, features: jax.Array) -> FrameTerms:
     """The per-frame terms of frames [N, H, W, C]: computed once per frame, whatever the clips it is in."""
@@ -141,15 +159,21 @@ class PropagationHead(nnx.Module):
     """The motion prior's per-frame embeddings of frames [N, H, W, C]; None without the prior."""
     return self.motion[0].embed(features) if len(self.motion) else None
 
-  def _with_motion(self, offsets: list[jax.Array], center_embedding: jax.Array | None,
-                   reference_embedding: jax.Array | None) -> list[jax.Array]:
-    """Each deformable layer's offsets [M, H, W, 1, K, 2] plus the motion prior's displacement (every tap), toward
-    M reference frames (R consecutive ones per center frame)."""
+  def _motion_shift(self, center_embedding: jax.Array | None,
+                    reference_embedding: jax.Array | None) -> jax.Array | None:
+    """The prior's displacement [M, H, W, 2] toward M reference frames (R consecutive ones per center frame)."""
     if not len(self.motion):
-      return offsets
+      return None
     repeats = reference_embedding.shape[0] // center_embedding.shape[0]
-    shift = self.motion[0].displacements(jnp.repeat(center_embedding, repeats, axis=0), reference_embedding)
-    return [layer + shift[:, :, :, None, None, :] for layer in offsets]
+    return self.motion[0].displacements(jnp.repeat(center_embedding, repeats, axis=0), reference_embedding)
+
+  def _offsets(self, center_term: jax.Array, reference_term: jax.Array, center_embedding: jax.Array | None,
+               reference_embedding: jax.Array | None) -> list[jax.Array]:
+    """Each deformable layer's offsets [M, H, W, 1, K, 2] toward M reference frames from the frames' offset terms
+    (conv'(f)) and motion embeddings: the offset block's, plus the prior's displacement at every tap."""
+    shift = self._motion_shift(center_embedding, reference_embedding)
+    offsets = self.offsets.from_frame_terms(center_term, reference_term, shift if self.motion_align else None)
+    return offsets if shift is None else [layer + shift[:, :, :, None, None, :] for layer in offsets]
 
   def foreground_logits(self, features: jax.Array) -> jax.Array | None:
     """Instance-agnostic foreground logits [N, uH, uW] of frames [N, H, W, C]; None without the gate."""
@@ -221,17 +245,22 @@ class PropagationHead(nnx.Module):
     per center frame (consecutive). Returns (logits [N*R, I, uH, uW], foreground logits [N*R, uH, uW] or None),
     u = `upsample`. The offset block convolves each difference f_t - f_{t+d} (training's form).
     """
-    repeats = references.shape[0] // center.shape[0]
-    offsets = self.offsets(jnp.repeat(center, repeats, axis=0) - references)
-    offsets = self._with_motion(offsets, self._motion_embedding(center), self._motion_embedding(references))
+    center_embedding, reference_embedding = self._motion_embedding(center), self._motion_embedding(references)
+    if self.motion_align:  # the warp reads the center frame's own term: the per-frame form
+      offsets = self._offsets(self.offsets.frame_term(center), self.offsets.frame_term(references),
+                              center_embedding, reference_embedding)
+    else:
+      repeats = references.shape[0] // center.shape[0]
+      offsets = self.offsets(jnp.repeat(center, repeats, axis=0) - references)
+      shift = self._motion_shift(center_embedding, reference_embedding)
+      offsets = offsets if shift is None else [layer + shift[:, :, :, None, None, :] for layer in offsets]
     logits = self.instance_logits(center, instance_masks, offsets, references)
     return logits, self.foreground_logits(references)
 
   def from_frame_terms(self, center: FrameTerms, instance_masks: jax.Array,
                        references: FrameTerms) -> tuple[jax.Array, jax.Array | None]:
     """As __call__, from per-frame terms computed once per frame (inference): equal up to rounding."""
-    offsets = self.offsets.from_frame_terms(center.offset_term, references.offset_term)
-    offsets = self._with_motion(offsets, center.motion, references.motion)
+    offsets = self._offsets(center.offset_term, references.offset_term, center.motion, references.motion)
     logits = self.instance_logits(center.features, instance_masks, offsets, references.features)
     return logits, references.foreground
 

@@ -86,6 +86,39 @@ def test_propagation_follows_a_move_the_offset_block_cannot_see():
     np.testing.assert_allclose(np.asarray(logits)[0, 0][inner] - 1.0, want[inner], atol=0.15)
 
 
+def test_warp_by_reads_each_location_at_its_shift():
+  x = _textured(4)
+  shift = np.zeros((1, H, W, 2), np.float32)
+  shift[..., 0], shift[..., 1] = 2.0, -3.0  # read 2 rows down and 3 columns left
+  got = np.asarray(propagation.warp_by(jnp.asarray(x), jnp.asarray(shift)))
+  np.testing.assert_allclose(got[:, :-2, 3:], x[:, 2:, :-3], atol=1e-6)
+  np.testing.assert_array_equal(got[:, -2:], 0.0)  # read outside the frame: zero, as the deformable sampling
+  shift[..., 0], shift[..., 1] = 0.5, 0.0
+  got = np.asarray(propagation.warp_by(jnp.asarray(x), jnp.asarray(shift)))
+  np.testing.assert_allclose(got[:, :-1], (x[:, :-1] + x[:, 1:]) / 2, atol=1e-6)
+
+
+def test_aligned_offset_input_compares_the_frames_where_the_prior_says_they_match():
+  """motion_align: the center frame's offset term read at the prior's displacement is the reference frame's own
+  term away from the border (a frame translated 5 cells), so the offset block sees no difference to correct;
+  unaligned, it sees the whole move."""
+  head = propagation.PropagationHead(C, offset_width=8, head_width=C, head_depth=0, use_foreground=False,
+                                     impl="xla", motion_radius=4, motion_width=C, motion_align=True,
+                                     rngs=nnx.Rngs(0))
+  head.motion[0].log_temperature.set_value(jnp.log(200.0))
+  center = jnp.asarray(_textured(5))
+  reference = jnp.roll(center, (0, 4), axis=(1, 2))  # even: the prior's 2x-coarser grid holds it exactly
+  c_terms, r_terms = head.frame_terms(center), head.frame_terms(reference)
+  shift = head._motion_shift(c_terms.motion, r_terms.motion)
+  aligned = propagation.warp_by(c_terms.offset_term, shift) - r_terms.offset_term
+  inner = (slice(None), slice(4, -4), slice(10, -4))
+  unaligned = c_terms.offset_term - r_terms.offset_term
+  # A few locations match a look-alike of the random texture: compare means, not the worst location.
+  assert float(jnp.mean(jnp.abs(aligned[inner]))) < 0.02 * float(jnp.mean(jnp.abs(unaligned[inner])))
+  with pytest.raises(ValueError, match="needs motion_radius"):
+    propagation.PropagationHead(C, motion_align=True, rngs=nnx.Rngs(0))
+
+
 def test_the_temperature_and_projection_get_gradients():
   head = _identity_head(3)
   center, reference = jnp.asarray(_textured(2)), jnp.asarray(np.roll(_textured(2), (2, 2), axis=(1, 2)))

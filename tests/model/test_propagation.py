@@ -116,21 +116,22 @@ def test_upsampled_head_predicts_a_finer_grid():
     propagation.PropagationHead(C, upsample=0, rngs=nnx.Rngs(0))
 
 
-def _random_head(head_depth: int, impl: str, num_deform_layers: int = 1,
-                 motion_radius: int = 0) -> propagation.PropagationHead:
+def _random_head(head_depth: int, impl: str, num_deform_layers: int = 1, motion_radius: int = 0,
+                 motion_align: bool = False) -> propagation.PropagationHead:
   """A head whose offset convs are not zero (real, fractional offsets, some leaving the frame)."""
   head = propagation.PropagationHead(C, offset_width=8, num_deform_layers=num_deform_layers, head_width=8,
                                      head_depth=head_depth, use_foreground=True, upsample=2, impl=impl,
-                                     motion_radius=motion_radius, rngs=nnx.Rngs(3))
+                                     motion_radius=motion_radius, motion_align=motion_align, rngs=nnx.Rngs(3))
   rng = np.random.default_rng(3)
   for conv in head.offsets.offset_convs:
     conv.kernel.set_value(jnp.asarray(rng.normal(0.0, 0.3, conv.kernel.shape), jnp.float32))
   return head
 
 
-@pytest.mark.parametrize("head_depth, num_deform_layers, motion_radius", [(0, 1, 0), (1, 2, 0), (0, 1, 2)])
+@pytest.mark.parametrize("head_depth, num_deform_layers, motion_radius, motion_align",
+                         [(0, 1, 0, False), (1, 2, 0, False), (0, 1, 2, False), (1, 1, 2, True)])
 def test_frame_terms_and_one_center_for_all_references_equal_the_pair_form(head_depth, num_deform_layers,
-                                                                           motion_radius):
+                                                                           motion_radius, motion_align):
   """Inference's form (the offset block's first conv and the foreground logits once per frame, the center frame
   warped toward its R references in one projected call) equals training's pair form on R copies of the center
   with the sample-then-GEMM kernel, up to float32 rounding."""
@@ -139,8 +140,8 @@ def test_frame_terms_and_one_center_for_all_references_equal_the_pair_form(head_
   center = jnp.asarray(rng.normal(size=(1, H, W, C)), jnp.float32)
   refs = center + jnp.asarray(rng.normal(0.0, 0.5, (references, H, W, C)), jnp.float32)
   masks = jnp.asarray(disc_masks([(4, 5), (7, 10), (6, 8)])[None])
-  head = _random_head(head_depth, "auto", num_deform_layers, motion_radius)  # xla_projected on a CPU
-  pair_form = _random_head(head_depth, "xla", num_deform_layers, motion_radius)
+  head = _random_head(head_depth, "auto", num_deform_layers, motion_radius, motion_align)  # xla_projected on a CPU
+  pair_form = _random_head(head_depth, "xla", num_deform_layers, motion_radius, motion_align)
   want_logits, want_fg = pair_form(jnp.repeat(center, references, axis=0), jnp.repeat(masks, references, axis=0),
                                    refs)
   shared_logits, shared_fg = head(center, masks, refs)  # training's call: one center for R references
