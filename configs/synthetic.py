@@ -15,7 +15,10 @@ and jax, about 2.2x slower. There, computing the weight gradients of 1x1 and str
 about 37 minutes before); with the input pipeline's masks vectorised (0.78x a batch, the same batches bit for bit),
 29 min 8 s and the same 12 stats to the last digit (2026-12-07, session 17). With the motion prior (a 1.05x step),
 22 min 56 s from a fresh clone on the same machine type on a faster day (steps of 0.6-0.8 s, median 661 ms;
-2026-12-07, session 18). Float rounding differs between machines, so the trained weights do too.
+2026-12-07, session 18). With the prior-aligned offset input (motion_align; a step as long within the machine's
+noise), 29 min 18 s for training and the valid split in the repository, the data already made, on a slow day of the
+same machine type (steps of 0.75-0.95 s; session 19). Float rounding differs between machines, so the trained weights
+do too.
 
 Seeds, and what served what (issue "the main job learns the task"):
   - training videos: data.synthetic.seed 0 (train split, 120 videos);
@@ -24,8 +27,11 @@ Seeds, and what served what (issue "the main job learns the task"):
   - reporting: the config's valid split (seed 0, 12 videos) and seed 202 made like the tuning splits; never used
     to choose anything.
 
-Video AP / AP50 / AP75 of this config (the 2-core EPYC above, jax 0.10.2), from a fresh clone with the motion
-prior (2026-12-07, session 18):
+Video AP / AP50 / AP75 of this config (the 2-core EPYC above, jax 0.10.2; session 19, deterministic per seed):
+  - valid (seed 0): 0.580 / 0.866 / 0.610;
+  - seed 202 (untuned): 0.530 / 0.788 / 0.545;
+  - tuning seeds 101 / 303: 0.687 / 0.609 (mean 0.648).
+With the motion prior but not motion_align, from a fresh clone (2026-12-07, session 18):
   - valid (seed 0): 0.586 / 0.853 / 0.654;
   - seed 202 (untuned): 0.521 / 0.801 / 0.563;
   - tuning seeds 101 / 303: 0.675 / 0.598 (mean 0.637).
@@ -95,6 +101,8 @@ training run each; a training seed alone moves AP by 0.005-0.017: --config.seed=
   - with the motion prior (session 18's model, 0.675 / 0.598 as configured): half_window 4 0.680 / 0.582;
     temporal_decay 2.0 / 0.5 0.669 / 0.604, 0.662 / 0.578; three anchor sizes per level (16, 20, 25 at P2 and so
     on; one training run) 0.653 / 0.568. None kept;
+  - with motion_align (0.687 / 0.609 as configured): the prior's embedding 32 channels wide instead of 16
+    (propagation.motion_width, one training run) 0.669 / 0.601. Not kept;
   - extends-only clip tracks (inference.extend_score_thresh, extend_match_threshold; 2026-12-07's model, whose
     config gives 0.682 / 0.460 without them): 0.1 and 0.3 0.682 / 0.485 (kept); 0.05 and 0.3 0.681 / 0.485; 0.2
     and 0.3 0.682 / 0.476; 0.1 with a match threshold of 0.1 / 0.2 / 0.4 / 0.5: 0.680 / 0.484, 0.680 / 0.480,
