@@ -67,10 +67,16 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rn
 
 def warp_by(x: jax.Array, shift: jax.Array) -> jax.Array:
   """x [M, H, W, D] read at every location p + shift(p), shift [M, H, W, 2] (dy, dx): bilinear, zero outside the
-  frame. A deformable 1x1 convolution with the identity weight: the project's one bilinear sampler."""
+  frame. A deformable 1x1 convolution with the identity weight: the project's one bilinear sampler. XLA's form on
+  every backend: a handful of channels, one tap, no gain from a fused kernel."""
   identity = jnp.eye(x.shape[-1], dtype=x.dtype)[None, None]  # [1, 1, D, D]
   return kernels.deform_conv2d(x, shift[:, :, :, None, None, :].astype(jnp.float32), identity, stride=1, padding=0,
                                dilation=1, offset_groups=1, impl="xla")
+
+
+def _shifted(offsets: list[jax.Array], shift: jax.Array | None) -> list[jax.Array]:
+  """Each deformable layer's offsets [M, H, W, 1, K, 2] plus the prior's displacement [M, H, W, 2] at every tap."""
+  return offsets if shift is None else [layer + shift[:, :, :, None, None, :] for layer in offsets]
 
 
 class FrameTerms(NamedTuple):
@@ -173,7 +179,7 @@ class PropagationHead(nnx.Module):
     (conv'(f)) and motion embeddings: the offset block's, plus the prior's displacement at every tap."""
     shift = self._motion_shift(center_embedding, reference_embedding)
     offsets = self.offsets.from_frame_terms(center_term, reference_term, shift if self.motion_align else None)
-    return offsets if shift is None else [layer + shift[:, :, :, None, None, :] for layer in offsets]
+    return _shifted(offsets, shift)
 
   def foreground_logits(self, features: jax.Array) -> jax.Array | None:
     """Instance-agnostic foreground logits [N, uH, uW] of frames [N, H, W, C]; None without the gate."""
@@ -252,8 +258,7 @@ class PropagationHead(nnx.Module):
     else:
       repeats = references.shape[0] // center.shape[0]
       offsets = self.offsets(jnp.repeat(center, repeats, axis=0) - references)
-      shift = self._motion_shift(center_embedding, reference_embedding)
-      offsets = offsets if shift is None else [layer + shift[:, :, :, None, None, :] for layer in offsets]
+      offsets = _shifted(offsets, self._motion_shift(center_embedding, reference_embedding))
     logits = self.instance_logits(center, instance_masks, offsets, references)
     return logits, self.foreground_logits(references)
 
