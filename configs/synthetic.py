@@ -81,7 +81,9 @@ training run each; a training seed alone moves AP by 0.005-0.017: --config.seed=
   - Mask R-CNN's masks refined on the frame's pixels (detector.roi_heads.mask_refine_layers=(16, 16)): 0.682 /
     0.510, with the mask head's own logits scored too 0.687 / 0.486, with propagated masks refined as well
     (propagation.refine_layers=(16, 16)) 0.665 / 0.487; a 1.2x step (19 min 39 s from a fresh clone): left off;
-    lr 4e-3 with it: a higher training loss on every term;
+    lr 4e-3 with it: a higher training loss on every term. With motion_align, for 1,500 steps (its step 1.35x on
+    2026-12-07's machine: 1.12x this config's wall time): 0.683 / 0.597 against 0.687 / 0.609 (session 20). Not
+    kept;
   - detectron2's mask geometry (detector.roi_heads.aligned=True), which keeps ground truth under 100 pixels at IoU
     0.999 through its 28x28 masks against 0.78 torchvision's way: 0.677 / 0.494. The network's masks, not their
     grid, are what is lost;
