@@ -86,7 +86,10 @@ training run each; a training seed alone moves AP by 0.005-0.017: --config.seed=
     kept;
   - detectron2's mask geometry (detector.roi_heads.aligned=True), which keeps ground truth under 100 pixels at IoU
     0.999 through its 28x28 masks against 0.78 torchvision's way: 0.677 / 0.494. The network's masks, not their
-    grid, are what is lost;
+    grid, are what is lost. With motion_align (one training run; session 20): 0.696 / 0.601 against 0.687 / 0.609,
+    the same mean. Not kept, although it lifts what the center masks can reach (ground truth through them,
+    `python -m maskprop_jax.inference.resolution_cap`, seed 303: IoU under 100 pixels 0.684 -> 1.000, their AP
+    0.676 -> 1.000): what linking writes is capped at 0.955 already, the propagated masks filling in;
   - a 4 x 64-channel mask head costs about a 1.3x step, FPN of 64 channels about 1.45x: not trained;
   - more steps, over the budget (a measurement of headroom, not a candidate): 2,700 steps, 1.5x this config's, gave
     0.686 / 0.525 against 0.669 / 0.500 (with disjoint masks), and valid 0.576 against 0.507. The model is bound by
@@ -104,12 +107,7 @@ training run each; a training seed alone moves AP by 0.005-0.017: --config.seed=
     temporal_decay 2.0 / 0.5 0.669 / 0.604, 0.662 / 0.578; three anchor sizes per level (16, 20, 25 at P2 and so
     on; one training run) 0.653 / 0.568. None kept;
   - with motion_align (0.687 / 0.609 as configured): the prior's embedding 32 channels wide instead of 16
-    (propagation.motion_width, one training run) 0.669 / 0.601. Not kept. detectron2's mask geometry
-    (detector.roi_heads.aligned=True, one training run; 2026-12-07, session 20): 0.696 / 0.601, the same mean. Not
-    kept, although it lifts what the center masks can reach (ground truth through them, `python -m
-    maskprop_jax.inference.resolution_cap`, seed 303: per-frame IoU under 100 pixels 0.684 -> 1.000, their AP 0.676
-    -> 1.000): the linked masks' cap is 0.955 already, the propagated masks filling in, and the network's masks are
-    what is lost;
+    (propagation.motion_width, one training run) 0.669 / 0.601. Not kept;
   - extends-only clip tracks (inference.extend_score_thresh, extend_match_threshold; 2026-12-07's model, whose
     config gives 0.682 / 0.460 without them): 0.1 and 0.3 0.682 / 0.485 (kept); 0.05 and 0.3 0.681 / 0.485; 0.2
     and 0.3 0.682 / 0.476; 0.1 with a match threshold of 0.1 / 0.2 / 0.4 / 0.5: 0.680 / 0.484, 0.680 / 0.480,
