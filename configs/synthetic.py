@@ -111,9 +111,10 @@ training run each; a training seed alone moves AP by 0.005-0.017: --config.seed=
     21), neither kept: a soft-IoU term beside the BCE of Mask R-CNN's mask loss (weight 1) 0.674 / 0.602; a
     per-pixel BCE beside the propagation's soft IoU (weight 10, the soft IoU's size mid-training) 0.660 / 0.568.
     (A guess, not measured: linking thresholds the mean of Mask R-CNN's and the propagated probabilities, and each
-    loss trades the other's calibration.) Where Mask R-CNN finds an object on a center frame (mask IoU >= 0.5),
-    its mask head on the ground-truth box does no better than on its own box: IoU 0.704 against 0.703 under 100
-    pixels, 0.879 against 0.848 at 100-400 (seed 303): boxes are not what small objects lose;
+    new term changes the calibration of the masks it trains.) Where Mask R-CNN finds an object on a center frame
+    (mask IoU >= 0.5), its mask head on the ground-truth box does no better than on its own box under 100 pixels
+    (IoU 0.704 against 0.703) and 0.03 better at 100-400 (0.879 against 0.848; seed 303): boxes are not what the
+    smallest objects lose;
   - extends-only clip tracks (inference.extend_score_thresh, extend_match_threshold; 2026-12-07's model, whose
     config gives 0.682 / 0.460 without them): 0.1 and 0.3 0.682 / 0.485 (kept); 0.05 and 0.3 0.681 / 0.485; 0.2
     and 0.3 0.682 / 0.476; 0.1 with a match threshold of 0.1 / 0.2 / 0.4 / 0.5: 0.680 / 0.484, 0.680 / 0.480,
